@@ -1,0 +1,15 @@
+//! `cairn-node`: the storage node. Hosts many shard replicas (one Raft group
+//! each) over one redb database, serves the KV, Raft and Admin gRPC services,
+//! and ships the `cairn` binary.
+//!
+//! Invariants:
+//! - `openraft` is used only inside [`raft`]; everything else sees
+//!   [`raft::ShardRaft`] and domain types.
+//! - Generated protobuf types appear only in [`service`] (the gRPC edge).
+//! - Only the storage writer writes the database ([`storage`]).
+
+pub mod command;
+pub mod storage;
+pub mod metrics;
+pub mod raft;
+pub mod transport;

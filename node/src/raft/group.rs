@@ -1,0 +1,289 @@
+//! [`RaftGroup`]: one shard's Raft instance behind a small, openraft-free API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::{NodeId, RaftRole, ShardDescriptor, ShardId};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::log_store::LogStore;
+use super::network::{ShardNetworkFactory, ShardRouter};
+use super::state_machine::StateMachine;
+use super::types::{Raft, TypeConfig};
+use crate::command::{CommandResponse, ShardCommand};
+use crate::storage::Storage;
+use crate::storage::codec::{decode, encode};
+use crate::transport::{MessageKind, Transport};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadPolicyKind {
+    /// Confirm leadership with a quorum round trip per read batch (safest).
+    ReadIndex,
+    /// Trust the leader lease (no round trip; relies on bounded clock drift).
+    Lease,
+}
+
+/// Raft timing and log retention, shared by every group of a node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (cheap: a read view) after this many applied entries;
+    /// the log before it can then be purged.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind the last snapshot, so lagging followers
+    /// catch up from the log instead of by snapshot.
+    pub logs_to_keep: u64,
+    pub max_payload_entries: u64,
+    pub install_snapshot_timeout_ms: u64,
+    pub read_policy: ReadPolicyKind,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_logs_since_last: 10_000,
+            logs_to_keep: 5_000,
+            max_payload_entries: 256,
+            install_snapshot_timeout_ms: 60_000,
+            read_policy: ReadPolicyKind::ReadIndex,
+        }
+    }
+}
+
+impl RaftSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err("heartbeat-interval-ms must be positive".into());
+        }
+        if self.election_timeout_min_ms < 3 * self.heartbeat_interval_ms {
+            return Err(format!(
+                "election-timeout-min-ms ({}) must be at least 3 x heartbeat-interval-ms ({})",
+                self.election_timeout_min_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("election-timeout-max-ms must exceed election-timeout-min-ms".into());
+        }
+        self.to_openraft().map(|_| ())
+    }
+
+    fn to_openraft(&self) -> Result<openraft::Config, String> {
+        let config = openraft::Config {
+            cluster_name: "cairn-shard".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_to_keep,
+            max_payload_entries: self.max_payload_entries,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        config.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// Why a group could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupError {
+    #[error("not the leader")]
+    NotLeader(Option<(NodeId, String)>),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// What a node reports about one hosted group.
+#[derive(Debug, Clone)]
+pub struct GroupStatus {
+    pub role: RaftRole,
+    pub leader: Option<NodeId>,
+    pub leader_addr: String,
+    pub term: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+}
+
+pub struct RaftGroup {
+    shard: ShardId,
+    node_id: u64,
+    raft: Raft,
+    read_policy: ReadPolicyKind,
+    storage: Arc<Storage>,
+}
+
+impl RaftGroup {
+    /// Starts the Raft instance of a shard whose record exists in `storage`.
+    pub async fn start(
+        node_id: NodeId,
+        shard: ShardId,
+        storage: Arc<Storage>,
+        transport: Arc<Transport>,
+        settings: &RaftSettings,
+        descriptor: watch::Sender<ShardDescriptor>,
+    ) -> Result<Self, GroupError> {
+        let config = settings.to_openraft().map_err(GroupError::Invalid)?;
+        let log = LogStore::open(shard, storage.clone()).map_err(|e| GroupError::Unavailable(e.to_string()))?;
+        let sm = StateMachine::new(shard, storage.clone(), descriptor);
+        let network = ShardNetworkFactory { router: ShardRouter::new(transport), shard };
+        let raft = Raft::new(node_id.0, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| GroupError::Unavailable(e.to_string()))?;
+        Ok(Self { shard, node_id: node_id.0, raft, read_policy: settings.read_policy, storage })
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub(super) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub(super) fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Initialises a new group with its first voters; harmless on a group that
+    /// already has a log (every bootstrap member calls it with the same config).
+    pub async fn initialize(&self, members: &[(NodeId, String)]) -> Result<(), GroupError> {
+        if self.raft.is_initialized().await.map_err(|e| GroupError::Unavailable(e.to_string()))? {
+            return Ok(());
+        }
+        let nodes: BTreeMap<u64, BasicNode> =
+            members.iter().map(|(id, addr)| (id.0, BasicNode { addr: addr.clone() })).collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(GroupError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The leader this replica believes in, with its address.
+    pub fn leader_hint(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
+        Some((NodeId(leader), addr))
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => RaftRole::Leader,
+            ServerState::Follower => RaftRole::Follower,
+            ServerState::Candidate => RaftRole::Candidate,
+            ServerState::Learner => RaftRole::Learner,
+            ServerState::Shutdown => RaftRole::Shutdown,
+        };
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        GroupStatus {
+            role,
+            leader: m.current_leader.map(NodeId),
+            leader_addr,
+            term: m.current_term,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+    }
+
+    /// Proposes a command and waits until it is applied on this leader.
+    pub async fn write(&self, cmd: ShardCommand) -> Result<CommandResponse, GroupError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.response().clone()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(GroupError::NotLeader(
+                f.leader_id.map(|id| (NodeId(id), f.leader_node.map(|n| n.addr).unwrap_or_default())),
+            )),
+            Err(e) => Err(GroupError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Returns once this replica's state machine reflects every write
+    /// acknowledged before the call, confirmed as leader (read index or lease).
+    pub async fn read_barrier(&self) -> Result<(), GroupError> {
+        let policy = match self.read_policy {
+            ReadPolicyKind::ReadIndex => ReadPolicy::ReadIndex,
+            ReadPolicyKind::Lease => ReadPolicy::LeaseRead,
+        };
+        match self.raft.ensure_linearizable(policy).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f))) => {
+                Err(GroupError::NotLeader(
+                    f.leader_id.map(|id| (NodeId(id), f.leader_node.map(|n| n.addr).unwrap_or_default())),
+                ))
+            }
+            Err(e) => Err(GroupError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Handles one Raft message from a peer: decode, deliver, encode the reply.
+    pub async fn handle_message(&self, kind: MessageKind, payload: &[u8]) -> Result<Vec<u8>, GroupError> {
+        let invalid = |e: crate::storage::codec::CodecError| GroupError::Invalid(e.to_string());
+        let fatal = |e: String| GroupError::Unavailable(e);
+        Ok(match kind {
+            MessageKind::AppendEntries => {
+                let req = decode(payload).map_err(invalid)?;
+                encode(&self.raft.append_entries(req).await.map_err(|e| fatal(e.to_string()))?)
+            }
+            MessageKind::Vote => {
+                let req = decode(payload).map_err(invalid)?;
+                encode(&self.raft.vote(req).await.map_err(|e| fatal(e.to_string()))?)
+            }
+            MessageKind::PreVote => {
+                let req = decode(payload).map_err(invalid)?;
+                encode(&self.raft.pre_vote(req).await.map_err(|e| fatal(e.to_string()))?)
+            }
+            MessageKind::TransferLeader => {
+                let req = decode(payload).map_err(invalid)?;
+                encode(&self.raft.handle_transfer_leader(req).await.map_err(|e| fatal(e.to_string()))?)
+            }
+        })
+    }
+
+    /// Asks the group to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
+        self.raft.trigger().transfer_leader(to.0).await.map_err(|e| GroupError::Unavailable(e.to_string()))
+    }
+
+    /// Waits until the state machine has applied up to `index`, or the timeout.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), GroupError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "wait applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| GroupError::Unavailable(e.to_string()))
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(shard = %self.shard, error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Keeps `TypeConfig` referenced here so the alias module stays the one place
+/// naming it for users of this module.
+#[allow(dead_code)]
+type _Config = TypeConfig;

@@ -1,0 +1,276 @@
+//! Node-to-node transport: one gRPC connection per peer node carrying the Raft
+//! messages of every shard group, batched.
+//!
+//! Each peer has a task fed by a bounded queue. It takes whatever is queued (up
+//! to [`TransportConfig::batch_msgs_max`] messages and
+//! [`TransportConfig::batch_bytes_max`] bytes), sends it as one `Raft.Send` RPC
+//! and hands each reply back to its caller. At most
+//! [`TransportConfig::inflight_batches_max`] batches per peer are in flight, on
+//! one HTTP/2 connection. Snapshots stream separately ([`snapshot`]) on the same
+//! connection, in bounded chunks.
+//!
+//! This module moves opaque payloads; `crate::raft::network` encodes them.
+
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::ApiError;
+use cairn_proto::pb;
+use cairn_proto::pb::raft_client::RaftClient;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub use self::snapshot::SnapshotOffer;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct TransportConfig {
+    /// Messages queued per peer before senders wait.
+    pub queue_msgs_max: usize,
+    pub batch_msgs_max: usize,
+    pub batch_bytes_max: usize,
+    pub inflight_batches_max: usize,
+    pub connect_timeout_ms: u64,
+    /// Deadline of one batch RPC.
+    pub rpc_timeout_ms: u64,
+    /// Largest gRPC message accepted or sent between nodes.
+    pub message_bytes_max: usize,
+    /// Target size of one snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            queue_msgs_max: 4096,
+            batch_msgs_max: 512,
+            batch_bytes_max: 4 << 20,
+            inflight_batches_max: 8,
+            connect_timeout_ms: 1000,
+            rpc_timeout_ms: 5000,
+            message_bytes_max: 64 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    AppendEntries,
+    Vote,
+    PreVote,
+    TransferLeader,
+}
+
+impl MessageKind {
+    fn to_pb(self) -> pb::RaftMessageKind {
+        match self {
+            MessageKind::AppendEntries => pb::RaftMessageKind::AppendEntries,
+            MessageKind::Vote => pb::RaftMessageKind::Vote,
+            MessageKind::PreVote => pb::RaftMessageKind::PreVote,
+            MessageKind::TransferLeader => pb::RaftMessageKind::TransferLeader,
+        }
+    }
+
+    pub fn from_pb(v: i32) -> Option<Self> {
+        Some(match pb::RaftMessageKind::try_from(v).ok()? {
+            pb::RaftMessageKind::AppendEntries => MessageKind::AppendEntries,
+            pb::RaftMessageKind::Vote => MessageKind::Vote,
+            pb::RaftMessageKind::PreVote => MessageKind::PreVote,
+            pb::RaftMessageKind::TransferLeader => MessageKind::TransferLeader,
+            pb::RaftMessageKind::Unspecified => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer {0} is unreachable: {1}")]
+    Unreachable(u64, String),
+    #[error("no reply from peer {0} in time")]
+    Timeout(u64),
+    #[error("peer {0} could not deliver the message: {1}")]
+    Remote(u64, ApiError),
+    #[error("no address known for peer {0}")]
+    UnknownPeer(u64),
+    #[error("the transport is shut down")]
+    Closed,
+}
+
+struct Pending {
+    msg: pb::RaftMessage,
+    reply: oneshot::Sender<Result<Vec<u8>, TransportError>>,
+}
+
+struct Peer {
+    addr: String,
+    tx: mpsc::Sender<Pending>,
+    client: RaftClient<Channel>,
+}
+
+/// The node's connections to its peers.
+pub struct Transport {
+    node_id: u64,
+    config: TransportConfig,
+    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    cancel: CancellationToken,
+}
+
+impl Transport {
+    pub fn new(node_id: u64, config: TransportConfig, cancel: CancellationToken) -> Arc<Self> {
+        Arc::new(Self { node_id, config, peers: Mutex::new(HashMap::new()), cancel })
+    }
+
+    pub fn config(&self) -> &TransportConfig {
+        &self.config
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Records (or updates) the address of a peer.
+    pub fn set_peer_addr(&self, target: u64, addr: &str) {
+        let mut peers = self.peers.lock().expect("peers lock poisoned");
+        if peers.get(&target).map(|p| p.addr == addr).unwrap_or(false) {
+            return;
+        }
+        match self.connect(target, addr) {
+            Ok(peer) => {
+                // Replacing the entry drops the old queue sender; its task drains and ends.
+                peers.insert(target, peer);
+            }
+            Err(e) => tracing::warn!(peer = target, addr, error = %e, "invalid peer address"),
+        }
+    }
+
+    fn peer(&self, target: u64) -> Result<Arc<Peer>, TransportError> {
+        self.peers.lock().expect("peers lock poisoned").get(&target).cloned().ok_or(TransportError::UnknownPeer(target))
+    }
+
+    fn connect(&self, target: u64, addr: &str) -> Result<Arc<Peer>, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(self.config.message_bytes_max)
+            .max_encoding_message_size(self.config.message_bytes_max);
+        let (tx, rx) = mpsc::channel(self.config.queue_msgs_max);
+        let peer = Arc::new(Peer { addr: addr.to_string(), tx, client: client.clone() });
+        let task = PeerTask {
+            from: self.node_id,
+            to: target,
+            client,
+            rx,
+            config: self.config.clone(),
+            inflight: Arc::new(Semaphore::new(self.config.inflight_batches_max)),
+        };
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = task.run() => {}
+            }
+        });
+        Ok(peer)
+    }
+
+    /// Sends one message of one shard group and waits for its reply payload.
+    pub async fn call(
+        &self,
+        target: u64,
+        shard: u64,
+        kind: MessageKind,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
+        let peer = self.peer(target)?;
+        let (reply, rx) = oneshot::channel();
+        let msg = pb::RaftMessage { shard_id: shard, kind: kind.to_pb() as i32, payload };
+        let fut = async {
+            peer.tx.send(Pending { msg, reply }).await.map_err(|_| TransportError::Closed)?;
+            rx.await.map_err(|_| TransportError::Closed)?
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(target)),
+        }
+    }
+
+    pub(crate) fn client_for(&self, target: u64) -> Result<RaftClient<Channel>, TransportError> {
+        Ok(self.peer(target)?.client.clone())
+    }
+}
+
+struct PeerTask {
+    from: u64,
+    to: u64,
+    client: RaftClient<Channel>,
+    rx: mpsc::Receiver<Pending>,
+    config: TransportConfig,
+    inflight: Arc<Semaphore>,
+}
+
+impl PeerTask {
+    async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut bytes = first.msg.payload.len();
+            let mut batch = vec![first];
+            while batch.len() < self.config.batch_msgs_max && bytes < self.config.batch_bytes_max {
+                match self.rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.msg.payload.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Ok(permit) = self.inflight.clone().acquire_owned().await else { return };
+            let mut client = self.client.clone();
+            let (from, to) = (self.from, self.to);
+            let timeout = Duration::from_millis(self.config.rpc_timeout_ms);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, p.reply)).unzip();
+                let mut req = tonic::Request::new(pb::RaftBatch { from_node: from, to_node: to, messages });
+                req.set_timeout(timeout);
+                match client.send(req).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        if resp.replies.len() != replies.len() {
+                            let err = TransportError::Unreachable(to, format!("{} replies for {} messages", resp.replies.len(), replies.len()));
+                            for r in replies {
+                                let _ = r.send(Err(err.clone()));
+                            }
+                            return;
+                        }
+                        for (reply, r) in resp.replies.into_iter().zip(replies) {
+                            let result = match reply.result {
+                                Some(pb::raft_reply::Result::Payload(p)) => Ok(p),
+                                Some(pb::raft_reply::Result::Error(e)) => Err(TransportError::Remote(to, ApiError::from_pb(e))),
+                                None => Err(TransportError::Unreachable(to, "empty reply".into())),
+                            };
+                            let _ = r.send(result);
+                        }
+                    }
+                    Err(status) => {
+                        let err = TransportError::Unreachable(to, status.message().to_string());
+                        tracing::debug!(peer = to, error = %status, "raft batch failed");
+                        for r in replies {
+                            let _ = r.send(Err(err.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
