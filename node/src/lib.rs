@@ -13,3 +13,12 @@ pub mod storage;
 pub mod metrics;
 pub mod raft;
 pub mod transport;
+pub mod config;
+pub mod node;
+pub mod service;
+pub mod shard;
+
+pub use config::NodeConfig;
+pub use node::{Node, NodeError};
+pub mod cli;
+pub mod playground;

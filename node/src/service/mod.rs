@@ -1,0 +1,50 @@
+//! The gRPC edge of the node: the only place generated protobuf types appear.
+//! Each service converts requests to domain types, calls the node, and maps
+//! errors with `ApiError::to_status`.
+
+pub mod admin;
+pub mod kv;
+pub mod metrics;
+pub mod raft;
+
+use std::sync::Arc;
+
+use cairn_proto::pb::admin_server::AdminServer;
+use cairn_proto::pb::kv_server::KvServer;
+use cairn_proto::pb::raft_server::RaftServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::node::NodeShared;
+
+/// Serves KV, Raft and Admin on `listener` until `cancel`.
+pub fn serve(node: Arc<NodeShared>, listener: TcpListener, config: &NodeConfig, cancel: CancellationToken) -> JoinHandle<()> {
+    // Client messages may exceed the request limit by framing overhead; anything
+    // larger than twice the limit is refused by tonic before it is decoded.
+    let client_bytes_max = config.limits.request_bytes_max * 2;
+    let scan_bytes_max = config.transport.message_bytes_max;
+    let kv = KvServer::new(kv::KvService { node: node.clone() })
+        .max_decoding_message_size(client_bytes_max)
+        .max_encoding_message_size(scan_bytes_max);
+    let raft = RaftServer::new(raft::RaftService { node: node.clone() })
+        .max_decoding_message_size(config.transport.message_bytes_max)
+        .max_encoding_message_size(config.transport.message_bytes_max);
+    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let incoming = TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .add_service(kv)
+            .add_service(raft)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    })
+}
