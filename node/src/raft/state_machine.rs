@@ -63,16 +63,17 @@ pub fn replicas_of(membership: &openraft::Membership<u64, openraft::BasicNode>) 
     out
 }
 
-fn snapshot_meta_of(view: &SnapshotView) -> io::Result<Option<SnapshotMeta>> {
-    let Some(applied) = &view.record.applied_log_id else {
-        return Ok(None);
+/// The meta of a view; `last_log_id` is `None` when nothing is applied yet.
+fn snapshot_meta_of(view: &SnapshotView) -> io::Result<SnapshotMeta> {
+    let last_log_id: Option<LogId> = match &view.record.applied_log_id {
+        Some(applied) => Some(decode(applied).map_err(io::Error::from)?),
+        None => None,
     };
-    let last_log_id: LogId = decode(applied).map_err(io::Error::from)?;
     let last_membership: StoredMembership = match &view.record.membership {
         Some(m) => decode(m).map_err(io::Error::from)?,
         None => StoredMembership::default(),
     };
-    Ok(Some(SnapshotMeta { last_log_id: Some(last_log_id), last_membership }))
+    Ok(SnapshotMeta { last_log_id, last_membership })
 }
 
 pub struct SnapshotBuilder {
@@ -85,7 +86,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let view = self.storage.snapshot_view(self.shard)?.ok_or_else(|| io::Error::other("shard record missing"))?;
-        let meta = snapshot_meta_of(&view)?.ok_or_else(|| io::Error::other("nothing applied yet"))?;
+        let meta = snapshot_meta_of(&view)?;
         Ok(Snapshot { meta, snapshot: view })
     }
 }
@@ -179,6 +180,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(view) = self.storage.snapshot_view(self.shard)? else {
             return Ok(None);
         };
-        Ok(snapshot_meta_of(&view)?.map(|meta| Snapshot { meta, snapshot: view }))
+        if view.record.applied_log_id.is_none() {
+            return Ok(None);
+        }
+        let meta = snapshot_meta_of(&view)?;
+        Ok(Some(Snapshot { meta, snapshot: view }))
     }
 }
