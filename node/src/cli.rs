@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{NodeConfig, parse_members};
 use crate::node::Node;
@@ -90,4 +90,35 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn: a sharded, replicated JSON document store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a storage node.
+    Server(ServerArgs),
+    /// Run a local cluster as child processes of this command.
+    Playground(crate::playground::PlaygroundArgs),
+    /// Print the default configuration as TOML.
+    DefaultConfig,
+}
+
+/// Entry point of the `cairn` binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    match cli.command {
+        Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Playground(args) => runtime.block_on(crate::playground::run(args)),
+        Command::DefaultConfig => {
+            print!("{}", toml::to_string(&NodeConfig::default())?);
+            Ok(())
+        }
+    }
 }

@@ -1,0 +1,11 @@
+//! Test harnesses for Cairn: an in-process cluster of real nodes (real gRPC on
+//! loopback, real redb files in a temp directory) and helpers to wait for
+//! conditions with deadlines. Used by the tests in `tests/tests/` and by the
+//! `bench` command.
+
+pub mod bench;
+pub mod cluster;
+pub mod wait;
+
+pub use cluster::TestCluster;
+pub use wait::wait_until;
