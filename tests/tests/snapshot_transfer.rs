@@ -1,0 +1,66 @@
+//! A follower that missed more than the retained log catches up by a streamed
+//! snapshot larger than gRPC's default 4 MiB message limit, and ends with
+//! exactly the leader's documents.
+
+use std::time::Duration;
+
+use cairn_node::storage::tables::META_PURGED;
+use cairn_proto::{Route, ShardId};
+use cairn_tests::{TestCluster, wait_until};
+
+const BIG_DOCS: usize = 60;
+const BIG_DOC_BYTES: usize = 100 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_follower_catches_up_by_streamed_snapshot() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt().with_env_filter("cairn_node=info,openraft=error").with_test_writer().try_init();
+    let mut cluster = TestCluster::start_with(3, 1, |c| {
+        c.raft.snapshot_logs_since_last = 50;
+        c.raft.logs_to_keep = 5;
+        // Small chunks: the 6 MiB snapshot travels in dozens of them.
+        c.transport.snapshot_chunk_bytes = 256 * 1024;
+    })
+    .await?;
+    let shard = ShardId(1);
+    let leader = cluster.leaders()[&shard];
+    let follower = (0..3).find(|i| *i as u64 + 1 != leader.0).expect("a follower");
+    cluster.crash(follower).await;
+
+    let client = cluster.client()?;
+    let mut expected = Vec::new();
+    for i in 0..BIG_DOCS {
+        let key = format!("big/{i:03}").into_bytes();
+        let value = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(BIG_DOC_BYTES));
+        let version = client.put(&key, value.as_bytes(), None).await?;
+        expected.push((key, value, version));
+    }
+    for i in 0..200 {
+        client.put(format!("small/{i:03}").as_bytes(), b"{}", None).await?;
+    }
+    let leader_node = cluster.node(leader.0 as usize - 1).expect("leader running").clone();
+    wait_until("the leader to purge its log", Duration::from_secs(30), || async {
+        leader_node.shared.storage.raft_meta(shard, META_PURGED).ok().flatten().map(|_| ())
+    })
+    .await?;
+
+    cluster.restart(follower).await?;
+    let target = leader_node.shared.shard_statuses()[0].applied_index;
+    let restarted = cluster.node(follower).expect("restarted").clone();
+    wait_until("the follower to catch up", Duration::from_secs(60), || async {
+        (restarted.shared.shard_statuses()[0].applied_index >= target).then_some(())
+    })
+    .await?;
+
+    let node = cluster.node_client(follower)?;
+    let (_, shards) = node.list_shards().await?;
+    let route = Route { shard, epoch: shards[0].descriptor.epoch };
+    for (key, value, version) in &expected {
+        let doc = node.get(route, key, true).await?.expect("document on the follower");
+        assert_eq!(doc.version, *version);
+        assert_eq!(doc.value, value.as_bytes());
+    }
+    let total: usize = expected.iter().map(|(_, v, _)| v.len()).sum();
+    assert!(total > 4 << 20, "the snapshot must exceed gRPC's default message size");
+    cluster.shutdown().await;
+    Ok(())
+}
