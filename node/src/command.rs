@@ -24,10 +24,19 @@ pub struct ShardCommand {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvWrite {
-    Put { key: Vec<u8>, value: Vec<u8>, expected_version: Option<u64> },
-    Delete { key: Vec<u8>, expected_version: Option<u64> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected_version: Option<u64>,
+    },
+    Delete {
+        key: Vec<u8>,
+        expected_version: Option<u64>,
+    },
     /// All items are written atomically at one log index, or none is.
-    BatchPut { items: Vec<(Vec<u8>, Vec<u8>)> },
+    BatchPut {
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 impl KvWrite {
@@ -45,10 +54,19 @@ pub enum CommandResponse {
     /// A blank or membership entry.
     #[default]
     Noop,
-    Put { version: u64 },
-    Delete { deleted: bool, version: u64 },
-    BatchPut { version: u64 },
-    ConditionFailed { current_version: u64 },
+    Put {
+        version: u64,
+    },
+    Delete {
+        deleted: bool,
+        version: u64,
+    },
+    BatchPut {
+        version: u64,
+    },
+    ConditionFailed {
+        current_version: u64,
+    },
     /// The shard's range changed after the request was routed.
     EpochMismatch,
     /// A key is outside the shard's range as of this log index.

@@ -9,14 +9,14 @@
 //! - Only the storage writer writes the database ([`storage`]).
 
 pub mod command;
-pub mod storage;
-pub mod metrics;
-pub mod raft;
-pub mod transport;
 pub mod config;
+pub mod metrics;
 pub mod node;
+pub mod raft;
 pub mod service;
 pub mod shard;
+pub mod storage;
+pub mod transport;
 
 pub use config::NodeConfig;
 pub use node::{Node, NodeError};

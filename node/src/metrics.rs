@@ -100,7 +100,9 @@ pub fn render(storage: &StorageStats, shards: usize) -> String {
     for (name, help, v) in counters {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
     }
-    out.push_str(&format!("# HELP cairn_shards hosted shard replicas\n# TYPE cairn_shards gauge\ncairn_shards {shards}\n"));
+    out.push_str(&format!(
+        "# HELP cairn_shards hosted shard replicas\n# TYPE cairn_shards gauge\ncairn_shards {shards}\n"
+    ));
     out.push_str("# EOF\n");
     out
 }

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_proto::{Epoch, KeyRange, NodeId, NodeStats, ReplicaDescriptor, ReplicaRole, ShardDescriptor, ShardId, ShardStatus};
+use cairn_proto::{
+    Epoch, KeyRange, NodeId, NodeStats, ReplicaDescriptor, ReplicaRole, ShardDescriptor, ShardId, ShardStatus,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -125,7 +127,11 @@ impl Node {
             let members: Vec<(NodeId, String)> =
                 config.initial_members.iter().map(|(id, a)| (NodeId(*id), a.clone())).collect();
             for replica in registry.all() {
-                replica.group.initialize(&members).await.map_err(|source| NodeError::Group { shard: replica.shard(), source })?;
+                replica
+                    .group
+                    .initialize(&members)
+                    .await
+                    .map_err(|source| NodeError::Group { shard: replica.shard(), source })?;
             }
         }
         tracing::info!(node = id.0, %addr, shards = registry.len(), fresh, "node started");
@@ -139,9 +145,11 @@ impl Node {
         let shared = Arc::new(NodeShared { id, addr, storage, registry, transport, kv });
         let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone());
         let metrics_server = match config.metrics_listen {
-            Some(a) => Some(crate::service::metrics::serve(shared.clone(), a, cancel.clone()).await.map_err(
-                |source| NodeError::Bind { addr: a.to_string(), source },
-            )?),
+            Some(a) => Some(
+                crate::service::metrics::serve(shared.clone(), a, cancel.clone())
+                    .await
+                    .map_err(|source| NodeError::Bind { addr: a.to_string(), source })?,
+            ),
             None => None,
         };
         Ok(Arc::new(Node {

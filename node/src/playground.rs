@@ -70,7 +70,12 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     }
     let file = args.data_dir.join("playground.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&PlaygroundFile { nodes: listed })?)?;
-    println!("cairn playground: {} nodes, {} shards; data in {}", args.nodes, args.initial_shards, args.data_dir.display());
+    println!(
+        "cairn playground: {} nodes, {} shards; data in {}",
+        args.nodes,
+        args.initial_shards,
+        args.data_dir.display()
+    );
     for (i, a) in addrs.iter().enumerate() {
         println!("  node {} at {a}", i + 1);
     }

@@ -19,8 +19,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = Storage::open(&dir.path().join("db.redb"), StorageConfig::default()).expect("open storage");
         let shard = ShardId(7);
-        let descriptor =
-            ShardDescriptor { id: shard, range: KeyRange::full(), epoch: Epoch { conf_ver: 0, version: 1 }, replicas: vec![] };
+        let descriptor = ShardDescriptor {
+            id: shard,
+            range: KeyRange::full(),
+            epoch: Epoch { conf_ver: 0, version: 1 },
+            replicas: vec![],
+        };
         let record = ShardRecord {
             descriptor: descriptor.clone(),
             data_id: 0,
@@ -41,4 +45,3 @@ async fn openraft_storage_suite() {
     let _ = tracing_subscriber::fmt().with_env_filter("openraft=info").with_test_writer().try_init();
     Suite::test_all(Builder).await.expect("openraft storage suite");
 }
-

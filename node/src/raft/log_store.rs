@@ -40,7 +40,11 @@ impl LogStore {
             Some(bytes) => Some(decode::<Vote>(&bytes).map_err(io::Error::from)?),
             None => None,
         };
-        Ok(Self { shard, storage, shared: Arc::new(Shared { pending: Mutex::new(BTreeMap::new()), vote: Mutex::new(vote) }) })
+        Ok(Self {
+            shard,
+            storage,
+            shared: Arc::new(Shared { pending: Mutex::new(BTreeMap::new()), vote: Mutex::new(vote) }),
+        })
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -80,7 +84,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.shared.vote.lock().expect("vote lock poisoned").clone())
+        Ok(*self.shared.vote.lock().expect("vote lock poisoned"))
     }
 }
 
@@ -106,7 +110,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        *self.shared.vote.lock().expect("vote lock poisoned") = Some(vote.clone());
+        *self.shared.vote.lock().expect("vote lock poisoned") = Some(*vote);
         let bytes = encode(vote);
         let shard = self.shard.0;
         self.storage.call(|done| WriteOp::SaveVote { shard, vote: bytes, done }).await?;

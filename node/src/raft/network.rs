@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use openraft::AnyError;
 use cairn_proto::ShardId;
+use openraft::AnyError;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -38,13 +38,14 @@ impl ShardRouter {
         target: u64,
         shard: ShardId,
         kind: MessageKind,
+        urgent: bool,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let payload = encode(req);
         let reply = self
             .transport
-            .call(target, shard.0, kind, payload, option.hard_ttl())
+            .call(target, shard.0, kind, payload, urgent, option.hard_ttl())
             .await
             .map_err(|e| unreachable(&e))?;
         decode(&reply).map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(format!("bad reply: {e}")))))
@@ -65,7 +66,9 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(target, group_id, MessageKind::AppendEntries, &rpc, &option).await
+        // An append without entries is a heartbeat.
+        let urgent = rpc.entries.is_empty();
+        self.rpc(target, group_id, MessageKind::AppendEntries, urgent, &rpc, &option).await
     }
 
     async fn vote(
@@ -75,7 +78,7 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(target, group_id, MessageKind::Vote, &rpc, &option).await
+        self.rpc(target, group_id, MessageKind::Vote, true, &rpc, &option).await
     }
 
     async fn pre_vote(
@@ -85,7 +88,7 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(target, group_id, MessageKind::PreVote, &rpc, &option).await
+        self.rpc(target, group_id, MessageKind::PreVote, true, &rpc, &option).await
     }
 
     async fn full_snapshot(
@@ -113,7 +116,9 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
                 crate::metrics::snapshot_sent(sent.bytes, started.elapsed());
                 tracing::info!(shard = %group_id, peer = target, records = sent.records, bytes = sent.bytes,
                     elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent");
-                decode(&reply).map_err(|e| StreamingError::Unreachable(Unreachable::new(&AnyError::error(format!("bad reply: {e}")))))
+                decode(&reply).map_err(|e| {
+                    StreamingError::Unreachable(Unreachable::new(&AnyError::error(format!("bad reply: {e}"))))
+                })
             }
             Err(TransportError::Closed) => Err(StreamingError::Closed(ReplicationClosed::new("cancelled"))),
             Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))),
@@ -127,7 +132,7 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(target, group_id, MessageKind::TransferLeader, &req, &option).await
+        self.rpc(target, group_id, MessageKind::TransferLeader, true, &req, &option).await
     }
 }
 

@@ -99,7 +99,8 @@ impl RaftGroup {
         let view = SnapshotView { record, txn: std::sync::Arc::new(txn) };
         let result = self.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: view }).await;
         // openraft may decline an outdated snapshot; then nothing refers to the staged data.
-        let installed = storage.shard_record(self.shard()).ok().flatten().map(|r| r.data_id == data_id).unwrap_or(false);
+        let installed =
+            storage.shard_record(self.shard()).ok().flatten().map(|r| r.data_id == data_id).unwrap_or(false);
         if !installed {
             let _ = storage.submit(WriteOp::DiscardStaging { data_id }).await;
         }

@@ -11,7 +11,10 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
 );
 
-pub type Entry = openraft::Entry<openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>, openraft::EntryPayload<ShardCommand, u64, openraft::BasicNode>>;
+pub type Entry = openraft::Entry<
+    openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>,
+    openraft::EntryPayload<ShardCommand, u64, openraft::BasicNode>,
+>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;

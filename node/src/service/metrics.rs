@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::NodeShared;
 
-pub async fn serve(node: Arc<NodeShared>, addr: SocketAddr, cancel: CancellationToken) -> std::io::Result<JoinHandle<()>> {
+pub async fn serve(
+    node: Arc<NodeShared>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> std::io::Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new().route(
         "/metrics",

@@ -21,7 +21,12 @@ use crate::config::NodeConfig;
 use crate::node::NodeShared;
 
 /// Serves KV, Raft and Admin on `listener` until `cancel`.
-pub fn serve(node: Arc<NodeShared>, listener: TcpListener, config: &NodeConfig, cancel: CancellationToken) -> JoinHandle<()> {
+pub fn serve(
+    node: Arc<NodeShared>,
+    listener: TcpListener,
+    config: &NodeConfig,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
     // Client messages may exceed the request limit by framing overhead; anything
     // larger than twice the limit is refused by tonic before it is decoded.
     let client_bytes_max = config.limits.request_bytes_max * 2;

@@ -61,8 +61,11 @@ impl pb::raft_server::Raft for RaftService {
             return Err(ApiError::InvalidArgument("a snapshot stream must start with its header".into()).to_status());
         };
         if h.to_node != self.node.id.0 {
-            return Err(ApiError::InvalidArgument(format!("snapshot for node {} reached node {}", h.to_node, self.node.id.0))
-                .to_status());
+            return Err(ApiError::InvalidArgument(format!(
+                "snapshot for node {} reached node {}",
+                h.to_node, self.node.id.0
+            ))
+            .to_status());
         }
         let shard = ShardId(h.shard_id);
         let replica = self.node.registry.get(shard).ok_or_else(|| ApiError::ShardNotFound { shard }.to_status())?;

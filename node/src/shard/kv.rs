@@ -143,7 +143,12 @@ impl Kv {
         .await
     }
 
-    pub async fn batch_get(&self, route: Route, keys: Vec<Vec<u8>>, stale_ok: bool) -> Result<Vec<Option<Document>>, ApiError> {
+    pub async fn batch_get(
+        &self,
+        route: Route,
+        keys: Vec<Vec<u8>>,
+        stale_ok: bool,
+    ) -> Result<Vec<Option<Document>>, ApiError> {
         let replica = self.route(&route)?;
         if keys.len() > self.limits.batch_items_max {
             return Err(ApiError::InvalidArgument(format!(
@@ -196,10 +201,11 @@ impl Kv {
             self.read_barrier(&replica, spec.stale_ok).await?;
             let storage = self.storage.clone();
             let shard = route.shard;
-            let (docs, next) = tokio::task::spawn_blocking(move || storage.read_docs(shard, |_, r| r.scan(&range, limit)))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(storage_error)?;
+            let (docs, next) =
+                tokio::task::spawn_blocking(move || storage.read_docs(shard, |_, r| r.scan(&range, limit)))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(storage_error)?;
             let docs = docs
                 .into_iter()
                 .map(|(k, mut d)| {
@@ -214,7 +220,13 @@ impl Kv {
         .await
     }
 
-    async fn propose(&self, replica: &Replica, route: &Route, session: Session, op: KvWrite) -> Result<CommandResponse, ApiError> {
+    async fn propose(
+        &self,
+        replica: &Replica,
+        route: &Route,
+        session: Session,
+        op: KvWrite,
+    ) -> Result<CommandResponse, ApiError> {
         let cmd = ShardCommand { session, ts_ms: now_ms(), range_version: route.epoch.version, op };
         let response = self
             .with_deadline(async { replica.group.write(cmd).await.map_err(|e| group_error(replica.shard(), e)) })
@@ -260,7 +272,12 @@ impl Kv {
         }
     }
 
-    pub async fn batch_put(&self, route: Route, session: Session, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64, ApiError> {
+    pub async fn batch_put(
+        &self,
+        route: Route,
+        session: Session,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<u64, ApiError> {
         let replica = self.route(&route)?;
         if items.is_empty() {
             return Err(ApiError::InvalidArgument("a batch put needs at least one item".into()));

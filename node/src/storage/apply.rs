@@ -8,9 +8,9 @@
 use cairn_proto::{KeyRange, ReplicaDescriptor};
 use redb::{ReadableTable, WriteTransaction};
 
+use super::StorageError;
 use super::codec::{decode_sealed, encode_sealed};
 use super::tables::*;
-use super::StorageError;
 use crate::command::{CommandResponse, KvWrite, ShardCommand};
 
 /// Session responses of a client idle this long are forgotten.
@@ -21,11 +21,19 @@ pub const SESSION_SWEEP_EVERY_ENTRIES: u64 = 1024;
 /// One log entry to apply, already stripped of its Raft envelope.
 #[derive(Debug)]
 pub enum ApplyItem {
-    Command { index: u64, cmd: ShardCommand },
+    Command {
+        index: u64,
+        cmd: ShardCommand,
+    },
     /// A blank entry.
-    Noop { index: u64 },
+    Noop {
+        index: u64,
+    },
     /// A membership entry: the shard's voters and learners from now on.
-    Membership { index: u64, replicas: Vec<ReplicaDescriptor> },
+    Membership {
+        index: u64,
+        replicas: Vec<ReplicaDescriptor>,
+    },
 }
 
 impl ApplyItem {
@@ -80,7 +88,10 @@ pub(super) fn apply_batch(
                 let session = cmd.session;
                 let remembered = if session.client_id != 0 {
                     // Forget answers the client has acknowledged.
-                    for seq in collect_keys(&sessions, (data_id, session.client_id, 0)..(data_id, session.client_id, session.acked_below))? {
+                    for seq in collect_keys(
+                        &sessions,
+                        (data_id, session.client_id, 0)..(data_id, session.client_id, session.acked_below),
+                    )? {
                         sessions.remove((data_id, session.client_id, seq))?;
                     }
                     match sessions.get((data_id, session.client_id, session.seq))? {
@@ -96,7 +107,10 @@ pub(super) fn apply_batch(
                     None => {
                         let response = execute(&mut docs, data_id, &record, index, &cmd)?;
                         if session.client_id != 0 && response.is_final() {
-                            sessions.insert((data_id, session.client_id, session.seq), encode_sealed(&response).as_slice())?;
+                            sessions.insert(
+                                (data_id, session.client_id, session.seq),
+                                encode_sealed(&response).as_slice(),
+                            )?;
                             clients.insert((data_id, session.client_id), cmd.ts_ms)?;
                         }
                         response

@@ -342,6 +342,9 @@ fn read_shard_record(txn: &ReadTransaction, shard: u64) -> Result<Option<ShardRe
     })
 }
 
+/// Documents in key order, and the key to continue from if the limit cut the scan short.
+pub type ScanPage = (Vec<(Vec<u8>, StoredDoc)>, Option<Vec<u8>>);
+
 /// Document reads within one read transaction.
 pub struct DocReader {
     data_id: u64,
@@ -358,11 +361,7 @@ impl DocReader {
 
     /// Up to `limit` documents with keys in `range`, in key order; also returns
     /// the key to continue from when the limit cut the scan short.
-    pub fn scan(
-        &self,
-        range: &KeyRange,
-        limit: usize,
-    ) -> Result<(Vec<(Vec<u8>, StoredDoc)>, Option<Vec<u8>>), StorageError> {
+    pub fn scan(&self, range: &KeyRange, limit: usize) -> Result<ScanPage, StorageError> {
         let start: (u64, &[u8]) = (self.data_id, range.start.as_slice());
         let iter = if range.end.is_empty() {
             self.table.range(start..(self.data_id + 1, &[][..]))?

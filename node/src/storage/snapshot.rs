@@ -19,9 +19,19 @@ use super::tables::*;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotRecord {
     /// `doc` is the sealed stored document, verified by the receiver.
-    Doc { key: Vec<u8>, doc: Vec<u8> },
-    Session { client: u64, seq: u64, response: Vec<u8> },
-    Client { client: u64, last_seen_ms: u64 },
+    Doc {
+        key: Vec<u8>,
+        doc: Vec<u8>,
+    },
+    Session {
+        client: u64,
+        seq: u64,
+        response: Vec<u8>,
+    },
+    Client {
+        client: u64,
+        last_seen_ms: u64,
+    },
 }
 
 impl SnapshotRecord {

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::StorageError;
 use super::apply::{ApplyBatch, apply_batch};
 use super::codec::{decode, encode, encode_sealed, unseal};
 use super::snapshot::SnapshotRecord;
 use super::tables::*;
-use super::StorageError;
 use crate::command::CommandResponse;
 
 pub type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
@@ -34,23 +34,67 @@ pub type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 pub type FlushCallback = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
 pub enum WriteOp {
-    AppendLog { shard: u64, entries: Vec<(u64, Vec<u8>)>, done: FlushCallback },
+    AppendLog {
+        shard: u64,
+        entries: Vec<(u64, Vec<u8>)>,
+        done: FlushCallback,
+    },
     /// Deletes log entries with index >= `from_index`.
-    TruncateLog { shard: u64, from_index: u64, done: Reply<()> },
+    TruncateLog {
+        shard: u64,
+        from_index: u64,
+        done: Reply<()>,
+    },
     /// Deletes log entries with index <= `upto_index` and records the purged log id.
-    PurgeLog { shard: u64, upto_index: u64, purged: Vec<u8>, done: Reply<()> },
-    SaveVote { shard: u64, vote: Vec<u8>, done: Reply<()> },
-    SaveCommitted { shard: u64, committed: Option<Vec<u8>> },
-    Apply { shard: u64, batch: ApplyBatch, done: Reply<Vec<CommandResponse>> },
-    CreateShard { record: ShardRecord, done: Reply<()> },
-    AllocStaging { done: Reply<u64> },
-    StageRecords { data_id: u64, records: Vec<SnapshotRecord>, done: Reply<()> },
+    PurgeLog {
+        shard: u64,
+        upto_index: u64,
+        purged: Vec<u8>,
+        done: Reply<()>,
+    },
+    SaveVote {
+        shard: u64,
+        vote: Vec<u8>,
+        done: Reply<()>,
+    },
+    SaveCommitted {
+        shard: u64,
+        committed: Option<Vec<u8>>,
+    },
+    Apply {
+        shard: u64,
+        batch: ApplyBatch,
+        done: Reply<Vec<CommandResponse>>,
+    },
+    CreateShard {
+        record: ShardRecord,
+        done: Reply<()>,
+    },
+    AllocStaging {
+        done: Reply<u64>,
+    },
+    StageRecords {
+        data_id: u64,
+        records: Vec<SnapshotRecord>,
+        done: Reply<()>,
+    },
     /// Switches a shard to the data staged under `record.data_id`.
-    InstallSnapshot { record: ShardRecord, done: Reply<()> },
-    DiscardStaging { data_id: u64 },
-    PutNodeMeta { key: &'static str, value: Vec<u8>, done: Reply<()> },
+    InstallSnapshot {
+        record: ShardRecord,
+        done: Reply<()>,
+    },
+    DiscardStaging {
+        data_id: u64,
+    },
+    PutNodeMeta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Reply<()>,
+    },
     /// Completes once everything submitted before it is durable.
-    Barrier { done: Reply<()> },
+    Barrier {
+        done: Reply<()>,
+    },
 }
 
 impl WriteOp {
@@ -221,7 +265,8 @@ impl Writer {
                 .iter()
                 .map(|op| if let WriteOp::AppendLog { entries, .. } = op { entries.len() as u64 } else { 0 })
                 .sum();
-            garbage |= ops.iter().any(|op| matches!(op, WriteOp::InstallSnapshot { .. } | WriteOp::DiscardStaging { .. }));
+            garbage |=
+                ops.iter().any(|op| matches!(op, WriteOp::InstallSnapshot { .. } | WriteOp::DiscardStaging { .. }));
             let mut txn = match self.db.begin_write() {
                 Ok(t) => t,
                 Err(e) => {
@@ -352,7 +397,7 @@ fn delete_prefix_sessions(txn: &WriteTransaction, data_id: u64, budget: usize) -
 
 /// Executes one op inside `txn`. On error, returns the op back if it has not
 /// been consumed, so its caller can be told.
-fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, Option<WriteOp>)> {
+fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, Option<Box<WriteOp>>)> {
     // Ops that consume themselves before anything can fail are handled so that
     // their reply travels with the error.
     match op {
@@ -403,7 +448,7 @@ fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, O
                     | WriteOp::Barrier { done } => Done::Unit(done),
                     _ => Done::Nothing,
                 }),
-                Err(e) => Err((e, Some(other))),
+                Err(e) => Err((e, Some(Box::new(other)))),
             }
         }
     }

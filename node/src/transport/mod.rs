@@ -109,7 +109,10 @@ struct Pending {
 
 struct Peer {
     addr: String,
-    tx: mpsc::Sender<Pending>,
+    /// Latency-critical messages: votes, heartbeats, leader transfer.
+    control: mpsc::Sender<Pending>,
+    /// Log replication, whose replies wait for the follower's fsync.
+    data: mpsc::Sender<Pending>,
     client: RaftClient<Channel>,
 }
 
@@ -164,40 +167,50 @@ impl Transport {
         let client = RaftClient::new(channel)
             .max_decoding_message_size(self.config.message_bytes_max)
             .max_encoding_message_size(self.config.message_bytes_max);
-        let (tx, rx) = mpsc::channel(self.config.queue_msgs_max);
-        let peer = Arc::new(Peer { addr: addr.to_string(), tx, client: client.clone() });
-        let task = PeerTask {
-            from: self.node_id,
-            to: target,
-            client,
-            rx,
-            config: self.config.clone(),
-            inflight: Arc::new(Semaphore::new(self.config.inflight_batches_max)),
+        // Two lanes on one connection: a batch's reply waits for its slowest
+        // message, and appends wait for the follower's fsync, so heartbeats and
+        // votes must never queue behind them (or leaders would look dead).
+        let lane = || {
+            let (tx, rx) = mpsc::channel(self.config.queue_msgs_max);
+            let task = PeerTask {
+                from: self.node_id,
+                to: target,
+                client: client.clone(),
+                rx,
+                config: self.config.clone(),
+                inflight: Arc::new(Semaphore::new(self.config.inflight_batches_max)),
+            };
+            let cancel = self.cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = task.run() => {}
+                }
+            });
+            tx
         };
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = task.run() => {}
-            }
-        });
-        Ok(peer)
+        let control = lane();
+        let data = lane();
+        Ok(Arc::new(Peer { addr: addr.to_string(), control, data, client: client.clone() }))
     }
 
     /// Sends one message of one shard group and waits for its reply payload.
+    /// `urgent` messages (votes, heartbeats) travel in their own lane.
     pub async fn call(
         &self,
         target: u64,
         shard: u64,
         kind: MessageKind,
         payload: Vec<u8>,
+        urgent: bool,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
         let peer = self.peer(target)?;
+        let lane = if urgent { &peer.control } else { &peer.data };
         let (reply, rx) = oneshot::channel();
         let msg = pb::RaftMessage { shard_id: shard, kind: kind.to_pb() as i32, payload };
         let fut = async {
-            peer.tx.send(Pending { msg, reply }).await.map_err(|_| TransportError::Closed)?;
+            lane.send(Pending { msg, reply }).await.map_err(|_| TransportError::Closed)?;
             rx.await.map_err(|_| TransportError::Closed)?
         };
         match tokio::time::timeout(timeout, fut).await {
@@ -247,7 +260,10 @@ impl PeerTask {
                     Ok(resp) => {
                         let resp = resp.into_inner();
                         if resp.replies.len() != replies.len() {
-                            let err = TransportError::Unreachable(to, format!("{} replies for {} messages", resp.replies.len(), replies.len()));
+                            let err = TransportError::Unreachable(
+                                to,
+                                format!("{} replies for {} messages", resp.replies.len(), replies.len()),
+                            );
                             for r in replies {
                                 let _ = r.send(Err(err.clone()));
                             }
@@ -256,7 +272,9 @@ impl PeerTask {
                         for (reply, r) in resp.replies.into_iter().zip(replies) {
                             let result = match reply.result {
                                 Some(pb::raft_reply::Result::Payload(p)) => Ok(p),
-                                Some(pb::raft_reply::Result::Error(e)) => Err(TransportError::Remote(to, ApiError::from_pb(e))),
+                                Some(pb::raft_reply::Result::Error(e)) => {
+                                    Err(TransportError::Remote(to, ApiError::from_pb(e)))
+                                }
                                 None => Err(TransportError::Unreachable(to, "empty reply".into())),
                             };
                             let _ = r.send(result);
