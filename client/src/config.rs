@@ -100,45 +100,26 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        ClientConfig::default()
-            .validate()
-            .expect("defaults must validate");
+        ClientConfig::default().validate().expect("defaults must validate");
     }
 
     #[test]
     fn reads_kebab_case_keys_and_human_durations() {
         let c: ClientConfig =
-            serde_json::from_str(r#"{"request-timeout": "500ms", "max-attempts": 3}"#)
-                .expect("valid config");
+            serde_json::from_str(r#"{"request-timeout": "500ms", "max-attempts": 3}"#).expect("valid config");
         assert_eq!(c.request_timeout, Duration::from_millis(500));
         assert_eq!(c.max_attempts, 3);
-        assert_eq!(
-            c.backoff_cap,
-            ClientConfig::default().backoff_cap,
-            "unset keys keep their default"
-        );
-        assert!(
-            serde_json::from_str::<ClientConfig>(r#"{"retries": 3}"#).is_err(),
-            "unknown keys are rejected"
-        );
+        assert_eq!(c.backoff_cap, ClientConfig::default().backoff_cap, "unset keys keep their default");
+        assert!(serde_json::from_str::<ClientConfig>(r#"{"retries": 3}"#).is_err(), "unknown keys are rejected");
     }
 
     #[test]
     fn rejects_inverted_backoff_and_zero_attempts() {
-        let c = ClientConfig {
-            backoff_base: Duration::from_secs(2),
-            ..Default::default()
-        };
+        let c = ClientConfig { backoff_base: Duration::from_secs(2), ..Default::default() };
         assert!(c.validate().is_err());
-        let c = ClientConfig {
-            max_attempts: 0,
-            ..Default::default()
-        };
+        let c = ClientConfig { max_attempts: 0, ..Default::default() };
         assert!(c.validate().is_err());
-        let c = ClientConfig {
-            request_timeout: Duration::ZERO,
-            ..Default::default()
-        };
+        let c = ClientConfig { request_timeout: Duration::ZERO, ..Default::default() };
         assert!(c.validate().is_err());
     }
 }

@@ -94,8 +94,7 @@ impl DirectClient {
     /// Fetches the shard list again: asks the seed (then the other known nodes if the seed
     /// is down or does not host every shard) and replaces the cache.
     pub async fn refresh(&self) -> Result<Vec<ShardStatus>, ApiError> {
-        self.refresh_until(Instant::now() + self.config.operation_timeout)
-            .await
+        self.refresh_until(Instant::now() + self.config.operation_timeout).await
     }
 
     /// The document at `key`, read linearizably from the shard's leader; `None` if absent.
@@ -111,32 +110,20 @@ impl DirectClient {
     /// Stores the JSON text `value` at `key` and returns its new version. With
     /// `expected_version`, the write happens only if the document is at that version
     /// (`Some(0)`: only if it does not exist), else `ConditionFailed`.
-    pub async fn put(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        expected_version: Option<u64>,
-    ) -> Result<u64, ApiError> {
+    pub async fn put(&self, key: &[u8], value: &[u8], expected_version: Option<u64>) -> Result<u64, ApiError> {
         let ticket = self.sessions.begin();
         self.with_routing("put", key, |node, status| {
             let route = route_of(status);
             let session = ticket.session();
             let (key, value) = (key.to_vec(), value.to_vec());
-            async move {
-                node.put(route, session, &key, &value, expected_version)
-                    .await
-            }
+            async move { node.put(route, session, &key, &value, expected_version).await }
         })
         .await
     }
 
     /// Deletes `key`; returns whether a document existed and the log index of the delete.
     /// `expected_version` works as in [`DirectClient::put`].
-    pub async fn delete(
-        &self,
-        key: &[u8],
-        expected_version: Option<u64>,
-    ) -> Result<(bool, u64), ApiError> {
+    pub async fn delete(&self, key: &[u8], expected_version: Option<u64>) -> Result<(bool, u64), ApiError> {
         let ticket = self.sessions.begin();
         self.with_routing("delete", key, |node, status| {
             let route = route_of(status);
@@ -148,11 +135,7 @@ impl DirectClient {
     }
 
     /// Up to `limit` documents whose keys start with `prefix`, in key order.
-    pub async fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Document>, ApiError> {
+    pub async fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Document>, ApiError> {
         let range = KeyRange::prefix(prefix);
         self.scan_range(&range.start, &range.end, limit).await
     }
@@ -161,29 +144,21 @@ impl DirectClient {
     /// bound), in key order. Walks the shards overlapping the range in key order, one page
     /// of at most [`SCAN_PAGE_DOCS_MAX`] documents at a time. Each page is linearizable on
     /// its own; the scan as a whole is not a snapshot.
-    pub async fn scan_range(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Document>, ApiError> {
+    pub async fn scan_range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Document>, ApiError> {
         let mut out: Vec<Document> = Vec::new();
         let mut cursor = start.to_vec();
         while out.len() < limit {
             if !end.is_empty() && cursor.as_slice() >= end {
                 break;
             }
-            let want = u32::try_from(limit - out.len())
-                .unwrap_or(u32::MAX)
-                .min(SCAN_PAGE_DOCS_MAX);
+            let want = u32::try_from(limit - out.len()).unwrap_or(u32::MAX).min(SCAN_PAGE_DOCS_MAX);
             let (docs, continue_from, shard_end) = self
                 .with_routing("scan", &cursor, |node, status| {
                     let route = route_of(status);
                     let window = routing::scan_window(&cursor, end, &status.descriptor.range);
                     let shard_end = status.descriptor.range.end.clone();
                     async move {
-                        let (docs, continue_from) =
-                            node.scan(route, window, want, false, false).await?;
+                        let (docs, continue_from) = node.scan(route, window, want, false, false).await?;
                         Ok((docs, continue_from, shard_end))
                     }
                 })
@@ -201,12 +176,7 @@ impl DirectClient {
     /// Runs one logical operation on the shard holding `key`, retrying as [`retry_action`]
     /// decides. `call` makes one attempt against a node, given the shard status it was
     /// routed by; it is called again for every attempt.
-    async fn with_routing<T, F, Fut>(
-        &self,
-        op: &'static str,
-        key: &[u8],
-        mut call: F,
-    ) -> Result<T, ApiError>
+    async fn with_routing<T, F, Fut>(&self, op: &'static str, key: &[u8], mut call: F) -> Result<T, ApiError>
     where
         F: FnMut(NodeClient, &ShardStatus) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -214,10 +184,7 @@ impl DirectClient {
         let deadline = Instant::now() + self.config.operation_timeout;
         let mut last_err: Option<ApiError> = None;
         for attempt in 0..self.config.max_attempts {
-            let Some(remaining) = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-            else {
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
             };
             let status = match self.route(key, deadline).await {
@@ -252,16 +219,11 @@ impl DirectClient {
             debug!(op, key = %display_key(key), %shard, %addr, attempt, error = %err, ?action, "attempt failed");
             match action {
                 RetryAction::Fail => return Err(err),
-                RetryAction::Redirect {
-                    leader,
-                    addr: leader_addr,
-                } => {
+                RetryAction::Redirect { leader, addr: leader_addr } => {
                     // A node naming itself as leader while refusing to lead is stale; going
                     // straight back would only spin.
                     let spinning = leader_addr == addr;
-                    self.update_cache(|shards| {
-                        routing::note_leader(shards, shard, leader, &leader_addr)
-                    });
+                    self.update_cache(|shards| routing::note_leader(shards, shard, leader, &leader_addr));
                     if spinning {
                         self.backoff(attempt, deadline).await;
                     }
@@ -271,9 +233,7 @@ impl DirectClient {
                     self.backoff(attempt, deadline).await;
                 }
                 RetryAction::Refresh => {
-                    if let ApiError::EpochMismatch { current }
-                    | ApiError::KeyNotInShard { current } = &err
-                    {
+                    if let ApiError::EpochMismatch { current } | ApiError::KeyNotInShard { current } = &err {
                         self.update_cache(|shards| {
                             routing::apply_descriptor(shards, current);
                         });
@@ -282,8 +242,7 @@ impl DirectClient {
                     // Wait before the next attempt unless the refresh produced a different
                     // route: a split or move in progress needs time to settle.
                     let moved = refreshed.as_ref().is_ok_and(|shards| {
-                        routing::shard_for_key(shards, key)
-                            .is_some_and(|s| route_of(s) != route_of(&status))
+                        routing::shard_for_key(shards, key).is_some_and(|s| route_of(s) != route_of(&status))
                     });
                     if let Err(refresh_err) = &refreshed {
                         debug!(op, error = %refresh_err, "shard list refresh failed");
@@ -296,10 +255,7 @@ impl DirectClient {
             last_err = Some(err);
         }
         Err(last_err.unwrap_or_else(|| {
-            ApiError::DeadlineExceeded(format!(
-                "{op}: no attempt fit in {:?}",
-                self.config.operation_timeout
-            ))
+            ApiError::DeadlineExceeded(format!("{op}: no attempt fit in {:?}", self.config.operation_timeout))
         }))
     }
 
@@ -311,9 +267,7 @@ impl DirectClient {
         let shards = self.refresh_until(deadline).await?;
         routing::shard_for_key(&shards, key)
             .cloned()
-            .ok_or_else(|| {
-                ApiError::Unavailable(format!("no known shard holds key {}", display_key(key)))
-            })
+            .ok_or_else(|| ApiError::Unavailable(format!("no known shard holds key {}", display_key(key))))
     }
 
     /// Fetches shard lists until they cover the key space or `refresh_nodes_max` nodes
@@ -334,10 +288,7 @@ impl DirectClient {
             if !asked.insert(addr.clone()) {
                 continue;
             }
-            let Some(remaining) = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-            else {
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
             };
             let node = match self.node(&addr) {
@@ -364,9 +315,7 @@ impl DirectClient {
             }
         }
         if answered == 0 {
-            return Err(last_err.unwrap_or_else(|| {
-                ApiError::Unavailable("no node could be asked for shards".into())
-            }));
+            return Err(last_err.unwrap_or_else(|| ApiError::Unavailable("no node could be asked for shards".into())));
         }
         let mut merged = routing::merge_statuses(reports.iter().cloned());
         if !routing::covers_key_space(&merged) {
@@ -379,10 +328,7 @@ impl DirectClient {
     }
 
     fn cached(&self) -> Vec<ShardStatus> {
-        self.shards
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shards.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn update_cache(&self, f: impl FnOnce(&mut [ShardStatus])) {
@@ -405,12 +351,7 @@ impl DirectClient {
 
     /// Sleeps the backoff delay of `attempt`, but not past `deadline`.
     async fn backoff(&self, attempt: u32, deadline: Instant) {
-        let delay = backoff_delay(
-            attempt,
-            self.config.backoff_base,
-            self.config.backoff_cap,
-            &mut rand::rng(),
-        );
+        let delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, &mut rand::rng());
         let until = (Instant::now() + delay).min(deadline);
         tokio::time::sleep_until(until).await;
     }
@@ -418,10 +359,7 @@ impl DirectClient {
 
 /// The route a request to this shard carries.
 fn route_of(status: &ShardStatus) -> Route {
-    Route {
-        shard: status.descriptor.id,
-        epoch: status.descriptor.epoch,
-    }
+    Route { shard: status.descriptor.id, epoch: status.descriptor.epoch }
 }
 
 #[cfg(test)]
@@ -442,36 +380,21 @@ mod tests {
         let started = std::time::Instant::now();
         let err = client.get(b"k").await.unwrap_err();
         assert!(err.is_retryable(), "{err:?}");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     }
 
     #[tokio::test]
     async fn a_bad_seed_address_fails_at_once() {
-        let client =
-            DirectClient::new("not an address", ClientConfig::default()).expect("valid config");
+        let client = DirectClient::new("not an address", ClientConfig::default()).expect("valid config");
         let started = std::time::Instant::now();
         let err = client.get(b"k").await.unwrap_err();
         assert!(matches!(err, ApiError::InvalidArgument(_)), "{err:?}");
-        assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
     }
 
     #[tokio::test]
     async fn rejects_an_invalid_config() {
-        let config = ClientConfig {
-            max_attempts: 0,
-            ..Default::default()
-        };
-        assert!(matches!(
-            DirectClient::new("127.0.0.1:1", config),
-            Err(ApiError::InvalidArgument(_))
-        ));
+        let config = ClientConfig { max_attempts: 0, ..Default::default() };
+        assert!(matches!(DirectClient::new("127.0.0.1:1", config), Err(ApiError::InvalidArgument(_))));
     }
 }

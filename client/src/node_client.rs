@@ -49,11 +49,7 @@ impl NodeClient {
     /// using `connect_timeout`, `request_timeout` and `message_bytes_max` from `config`.
     /// Fails with `InvalidArgument` if `addr` is not a valid address.
     pub fn new(addr: &str, config: &ClientConfig) -> Result<Self, ApiError> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| ApiError::InvalidArgument(format!("bad node address {addr:?}: {e}")))?
             .connect_timeout(config.connect_timeout)
@@ -65,12 +61,7 @@ impl NodeClient {
         let admin = AdminClient::new(channel)
             .max_decoding_message_size(config.message_bytes_max)
             .max_encoding_message_size(config.message_bytes_max);
-        Ok(Self {
-            addr: addr.into(),
-            kv,
-            admin,
-            request_timeout: config.request_timeout,
-        })
+        Ok(Self { addr: addr.into(), kv, admin, request_timeout: config.request_timeout })
     }
 
     /// The address this client was created with.
@@ -85,25 +76,15 @@ impl NodeClient {
 
     /// The same client (sharing the connection) with another per-call deadline.
     pub fn with_request_timeout(&self, timeout: Duration) -> NodeClient {
-        NodeClient {
-            request_timeout: timeout,
-            ..self.clone()
-        }
+        NodeClient { request_timeout: timeout, ..self.clone() }
     }
 
     /// `Admin.ListShards`: the node's id and every replica it hosts.
     pub async fn list_shards(&self) -> Result<(NodeId, Vec<ShardStatus>), ApiError> {
         let mut admin = self.admin.clone();
-        let resp = self
-            .call("ListShards", pb::ListShardsRequest {}, |r| async move {
-                admin.list_shards(r).await
-            })
-            .await?;
-        let shards = resp
-            .shards
-            .into_iter()
-            .map(ShardStatus::try_from)
-            .collect::<Result<Vec<_>, _>>();
+        let resp =
+            self.call("ListShards", pb::ListShardsRequest {}, |r| async move { admin.list_shards(r).await }).await?;
+        let shards = resp.shards.into_iter().map(ShardStatus::try_from).collect::<Result<Vec<_>, _>>();
         let shards = shards.map_err(|e| self.malformed("ListShards", e))?;
         Ok((NodeId(resp.node_id), shards))
     }
@@ -111,31 +92,17 @@ impl NodeClient {
     /// `Admin.NodeStats`: the node's counters.
     pub async fn node_stats(&self) -> Result<NodeStats, ApiError> {
         let mut admin = self.admin.clone();
-        let resp = self
-            .call("NodeStats", pb::NodeStatsRequest {}, |r| async move {
-                admin.node_stats(r).await
-            })
-            .await?;
+        let resp =
+            self.call("NodeStats", pb::NodeStatsRequest {}, |r| async move { admin.node_stats(r).await }).await?;
         Ok(resp.into())
     }
 
     /// `Kv.Get`: the document at `key`, or `None` if it does not exist. `stale_ok` allows
     /// any replica to answer without a leader check.
-    pub async fn get(
-        &self,
-        route: Route,
-        key: &[u8],
-        stale_ok: bool,
-    ) -> Result<Option<Document>, ApiError> {
-        let req = pb::GetRequest {
-            route: Some(route.into()),
-            key: key.to_vec(),
-            stale_ok,
-        };
+    pub async fn get(&self, route: Route, key: &[u8], stale_ok: bool) -> Result<Option<Document>, ApiError> {
+        let req = pb::GetRequest { route: Some(route.into()), key: key.to_vec(), stale_ok };
         let mut kv = self.kv.clone();
-        let resp = self
-            .call("Get", req, |r| async move { kv.get(r).await })
-            .await?;
+        let resp = self.call("Get", req, |r| async move { kv.get(r).await }).await?;
         Ok(resp.document.map(Document::from))
     }
 
@@ -158,9 +125,7 @@ impl NodeClient {
             expected_version,
         };
         let mut kv = self.kv.clone();
-        let resp = self
-            .call("Put", req, |r| async move { kv.put(r).await })
-            .await?;
+        let resp = self.call("Put", req, |r| async move { kv.put(r).await }).await?;
         Ok(resp.version)
     }
 
@@ -180,9 +145,7 @@ impl NodeClient {
             expected_version,
         };
         let mut kv = self.kv.clone();
-        let resp = self
-            .call("Delete", req, |r| async move { kv.delete(r).await })
-            .await?;
+        let resp = self.call("Delete", req, |r| async move { kv.delete(r).await }).await?;
         Ok((resp.deleted, resp.version))
     }
 
@@ -207,13 +170,8 @@ impl NodeClient {
             keys_only,
         };
         let mut kv = self.kv.clone();
-        let resp = self
-            .call("Scan", req, |r| async move { kv.scan(r).await })
-            .await?;
-        Ok((
-            resp.documents.into_iter().map(Document::from).collect(),
-            resp.continue_from,
-        ))
+        let resp = self.call("Scan", req, |r| async move { kv.scan(r).await }).await?;
+        Ok((resp.documents.into_iter().map(Document::from).collect(), resp.continue_from))
     }
 
     /// `Kv.BatchGet`: one entry per key of `keys`, in order; `None` where absent. All keys
@@ -225,28 +183,17 @@ impl NodeClient {
         stale_ok: bool,
     ) -> Result<Vec<Option<Document>>, ApiError> {
         let asked = keys.len();
-        let req = pb::BatchGetRequest {
-            route: Some(route.into()),
-            keys,
-            stale_ok,
-        };
+        let req = pb::BatchGetRequest { route: Some(route.into()), keys, stale_ok };
         let mut kv = self.kv.clone();
-        let resp = self
-            .call("BatchGet", req, |r| async move { kv.batch_get(r).await })
-            .await?;
+        let resp = self.call("BatchGet", req, |r| async move { kv.batch_get(r).await }).await?;
         if resp.items.len() != asked {
-            return Err(self.malformed(
-                "BatchGet",
-                format!("{} items for {asked} keys", resp.items.len()),
-            ));
+            return Err(self.malformed("BatchGet", format!("{} items for {asked} keys", resp.items.len())));
         }
         resp.items
             .into_iter()
             .map(|item| match (item.found, item.document) {
                 (true, Some(d)) => Ok(Some(Document::from(d))),
-                (true, None) => {
-                    Err(self.malformed("BatchGet", "an item is found but has no document"))
-                }
+                (true, None) => Err(self.malformed("BatchGet", "an item is found but has no document")),
                 (false, _) => Ok(None),
             })
             .collect()
@@ -263,25 +210,15 @@ impl NodeClient {
         let req = pb::BatchPutRequest {
             route: Some(route.into()),
             session: Some(session.into()),
-            items: items
-                .into_iter()
-                .map(|(key, value)| pb::BatchPutItem { key, value })
-                .collect(),
+            items: items.into_iter().map(|(key, value)| pb::BatchPutItem { key, value }).collect(),
         };
         let mut kv = self.kv.clone();
-        let resp = self
-            .call("BatchPut", req, |r| async move { kv.batch_put(r).await })
-            .await?;
+        let resp = self.call("BatchPut", req, |r| async move { kv.batch_put(r).await }).await?;
         Ok(resp.version)
     }
 
     /// Runs one RPC under this client's deadline and maps its failure to an `ApiError`.
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        method: &'static str,
-        req: Req,
-        rpc: F,
-    ) -> Result<Resp, ApiError>
+    async fn call<Req, Resp, F, Fut>(&self, method: &'static str, req: Req, rpc: F) -> Result<Resp, ApiError>
     where
         F: FnOnce(tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
@@ -306,9 +243,7 @@ impl NodeClient {
     /// address and the error chain are added so that a person can act on it.
     fn status_error(&self, status: &tonic::Status) -> ApiError {
         match ApiError::from_status(status) {
-            ApiError::Unavailable(_)
-                if status.details().is_empty() && status.code() == tonic::Code::Unavailable =>
-            {
+            ApiError::Unavailable(_) if status.details().is_empty() && status.code() == tonic::Code::Unavailable => {
                 let mut cause = status.message().to_string();
                 let mut source = std::error::Error::source(status);
                 while let Some(err) = source {
@@ -325,10 +260,7 @@ impl NodeClient {
     }
 
     fn malformed(&self, method: &str, what: impl std::fmt::Display) -> ApiError {
-        ApiError::Internal(format!(
-            "malformed {method} response from {}: {what}",
-            self.addr
-        ))
+        ApiError::Internal(format!("malformed {method} response from {}: {what}", self.addr))
     }
 }
 
@@ -346,19 +278,11 @@ mod tests {
     #[tokio::test]
     async fn unreachable_node_is_unavailable_or_deadline() {
         // Port 1 on localhost is closed on any sane machine: the connection is refused.
-        let config = ClientConfig {
-            request_timeout: Duration::from_secs(5),
-            ..Default::default()
-        };
+        let config = ClientConfig { request_timeout: Duration::from_secs(5), ..Default::default() };
         let client = NodeClient::new("127.0.0.1:1", &config).expect("valid address");
-        let route = Route {
-            shard: ShardId(1),
-            epoch: Default::default(),
-        };
+        let route = Route { shard: ShardId(1), epoch: Default::default() };
         let err = client.get(route, b"k", false).await.unwrap_err();
-        let ApiError::Unavailable(message) = &err else {
-            panic!("{err:?}")
-        };
+        let ApiError::Unavailable(message) = &err else { panic!("{err:?}") };
         assert!(message.starts_with("node 127.0.0.1:1: "), "{message}");
         assert!(err.is_retryable());
     }

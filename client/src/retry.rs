@@ -28,19 +28,13 @@ pub enum RetryAction {
 /// Classifies an attempt's error.
 pub fn retry_action(err: &ApiError) -> RetryAction {
     match err {
-        ApiError::NotLeader {
-            leader: Some((leader, addr)),
-            ..
-        } if !addr.is_empty() => RetryAction::Redirect {
-            leader: *leader,
-            addr: addr.clone(),
-        },
-        ApiError::NotLeader { .. } | ApiError::Unavailable(_) | ApiError::DeadlineExceeded(_) => {
-            RetryAction::Backoff
+        ApiError::NotLeader { leader: Some((leader, addr)), .. } if !addr.is_empty() => {
+            RetryAction::Redirect { leader: *leader, addr: addr.clone() }
         }
-        ApiError::EpochMismatch { .. }
-        | ApiError::KeyNotInShard { .. }
-        | ApiError::ShardNotFound { .. } => RetryAction::Refresh,
+        ApiError::NotLeader { .. } | ApiError::Unavailable(_) | ApiError::DeadlineExceeded(_) => RetryAction::Backoff,
+        ApiError::EpochMismatch { .. } | ApiError::KeyNotInShard { .. } | ApiError::ShardNotFound { .. } => {
+            RetryAction::Refresh
+        }
         ApiError::InvalidArgument(_)
         | ApiError::TooLarge(_)
         | ApiError::ConditionFailed { .. }
@@ -71,89 +65,38 @@ mod tests {
     fn classifies_every_error() {
         let shard = ShardId(1);
         assert_eq!(
-            retry_action(&ApiError::NotLeader {
-                shard,
-                leader: Some((NodeId(2), "h:1".into()))
-            }),
-            RetryAction::Redirect {
-                leader: NodeId(2),
-                addr: "h:1".into()
-            }
+            retry_action(&ApiError::NotLeader { shard, leader: Some((NodeId(2), "h:1".into())) }),
+            RetryAction::Redirect { leader: NodeId(2), addr: "h:1".into() }
         );
         // A hint without an address cannot be followed.
         assert_eq!(
-            retry_action(&ApiError::NotLeader {
-                shard,
-                leader: Some((NodeId(2), String::new()))
-            }),
+            retry_action(&ApiError::NotLeader { shard, leader: Some((NodeId(2), String::new())) }),
             RetryAction::Backoff
         );
-        assert_eq!(
-            retry_action(&ApiError::NotLeader {
-                shard,
-                leader: None
-            }),
-            RetryAction::Backoff
-        );
-        assert_eq!(
-            retry_action(&ApiError::Unavailable("x".into())),
-            RetryAction::Backoff
-        );
-        assert_eq!(
-            retry_action(&ApiError::DeadlineExceeded("x".into())),
-            RetryAction::Backoff
-        );
+        assert_eq!(retry_action(&ApiError::NotLeader { shard, leader: None }), RetryAction::Backoff);
+        assert_eq!(retry_action(&ApiError::Unavailable("x".into())), RetryAction::Backoff);
+        assert_eq!(retry_action(&ApiError::DeadlineExceeded("x".into())), RetryAction::Backoff);
         let current = ShardDescriptor::default();
-        assert_eq!(
-            retry_action(&ApiError::EpochMismatch {
-                current: current.clone()
-            }),
-            RetryAction::Refresh
-        );
-        assert_eq!(
-            retry_action(&ApiError::KeyNotInShard { current }),
-            RetryAction::Refresh
-        );
-        assert_eq!(
-            retry_action(&ApiError::ShardNotFound { shard }),
-            RetryAction::Refresh
-        );
-        assert_eq!(
-            retry_action(&ApiError::ConditionFailed { current_version: 3 }),
-            RetryAction::Fail
-        );
-        assert_eq!(
-            retry_action(&ApiError::InvalidArgument("x".into())),
-            RetryAction::Fail
-        );
-        assert_eq!(
-            retry_action(&ApiError::TooLarge("x".into())),
-            RetryAction::Fail
-        );
-        assert_eq!(
-            retry_action(&ApiError::Internal("x".into())),
-            RetryAction::Fail
-        );
+        assert_eq!(retry_action(&ApiError::EpochMismatch { current: current.clone() }), RetryAction::Refresh);
+        assert_eq!(retry_action(&ApiError::KeyNotInShard { current }), RetryAction::Refresh);
+        assert_eq!(retry_action(&ApiError::ShardNotFound { shard }), RetryAction::Refresh);
+        assert_eq!(retry_action(&ApiError::ConditionFailed { current_version: 3 }), RetryAction::Fail);
+        assert_eq!(retry_action(&ApiError::InvalidArgument("x".into())), RetryAction::Fail);
+        assert_eq!(retry_action(&ApiError::TooLarge("x".into())), RetryAction::Fail);
+        assert_eq!(retry_action(&ApiError::Internal("x".into())), RetryAction::Fail);
     }
 
     #[test]
     fn retried_errors_are_exactly_the_retryable_ones() {
         let errors = [
-            ApiError::NotLeader {
-                shard: ShardId(1),
-                leader: None,
-            },
+            ApiError::NotLeader { shard: ShardId(1), leader: None },
             ApiError::ShardNotFound { shard: ShardId(1) },
             ApiError::Unavailable("x".into()),
             ApiError::ConditionFailed { current_version: 1 },
             ApiError::Internal("x".into()),
         ];
         for e in errors {
-            assert_eq!(
-                retry_action(&e) != RetryAction::Fail,
-                e.is_retryable(),
-                "{e:?}"
-            );
+            assert_eq!(retry_action(&e) != RetryAction::Fail, e.is_retryable(), "{e:?}");
         }
     }
 
@@ -166,19 +109,13 @@ mod tests {
             let full = base.saturating_mul(1 << attempt.min(20)).min(cap);
             for _ in 0..50 {
                 let d = backoff_delay(attempt, base, cap, &mut rng);
-                assert!(
-                    d >= full / 2 && d <= full,
-                    "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
-                    full / 2
-                );
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} not in [{:?}, {full:?}]", full / 2);
             }
         }
         assert!(backoff_delay(0, base, cap, &mut rng) <= base);
         assert!(backoff_delay(u32::MAX, base, cap, &mut rng) <= cap);
         // Jitter: many draws at one attempt are not all equal.
-        let draws: std::collections::BTreeSet<_> = (0..20)
-            .map(|_| backoff_delay(3, base, cap, &mut rng))
-            .collect();
+        let draws: std::collections::BTreeSet<_> = (0..20).map(|_| backoff_delay(3, base, cap, &mut rng)).collect();
         assert!(draws.len() > 1);
     }
 }

@@ -14,9 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_proto::{
-    ApiError, Epoch, KeyRange, NodeId, RaftRole, ReplicaRole, ShardDescriptor, ShardId, ShardStatus,
-};
+use cairn_proto::{ApiError, Epoch, KeyRange, NodeId, RaftRole, ReplicaRole, ShardDescriptor, ShardId, ShardStatus};
 
 use crate::node_client::ScanRange;
 
@@ -41,13 +39,7 @@ pub fn shard_for_key<'a>(shards: &'a [ShardStatus], key: &[u8]) -> Option<&'a Sh
 /// one shutting down, then the highest term, then the leader's own report.
 fn report_rank(s: &ShardStatus) -> (u64, u64, bool, u64, bool) {
     let (version, conf_ver) = epoch_rank(s.descriptor.epoch);
-    (
-        version,
-        conf_ver,
-        s.role != RaftRole::Shutdown,
-        s.term,
-        s.role == RaftRole::Leader,
-    )
+    (version, conf_ver, s.role != RaftRole::Shutdown, s.term, s.role == RaftRole::Leader)
 }
 
 /// Merges the shard reports of several nodes into one list, one entry per shard id,
@@ -84,11 +76,7 @@ pub fn merge_statuses(reports: impl IntoIterator<Item = ShardStatus>) -> Vec<Sha
         })
         .collect();
     merged.sort_by(|a, b| {
-        a.descriptor
-            .range
-            .start
-            .cmp(&b.descriptor.range.start)
-            .then(a.descriptor.id.cmp(&b.descriptor.id))
+        a.descriptor.range.start.cmp(&b.descriptor.range.start).then(a.descriptor.id.cmp(&b.descriptor.id))
     });
     merged
 }
@@ -178,9 +166,7 @@ pub fn apply_descriptor(shards: &mut [ShardStatus], current: &ShardDescriptor) -
 pub fn known_addrs(shards: &[ShardStatus]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let leaders = shards.iter().map(|s| s.leader_addr.as_str());
-    let replicas = shards
-        .iter()
-        .flat_map(|s| s.descriptor.replicas.iter().map(|r| r.addr.as_str()));
+    let replicas = shards.iter().flat_map(|s| s.descriptor.replicas.iter().map(|r| r.addr.as_str()));
     for addr in leaders.chain(replicas) {
         if !addr.is_empty() && !out.iter().any(|a| a == addr) {
             out.push(addr.to_string());
@@ -197,11 +183,7 @@ pub fn scan_window(cursor: &[u8], range_end: &[u8], shard: &KeyRange) -> ScanRan
         (false, true) => range_end.to_vec(),
         (false, false) => range_end.min(shard.end.as_slice()).to_vec(),
     };
-    ScanRange {
-        start: cursor.to_vec(),
-        end,
-        prefix: None,
-    }
+    ScanRange { start: cursor.to_vec(), end, prefix: None }
 }
 
 /// Where a scan of `[.., range_end)` continues after one page was read from a shard
@@ -237,21 +219,12 @@ pub(crate) mod tests {
     use super::*;
     use cairn_proto::ReplicaDescriptor;
 
-    pub(crate) fn status(
-        id: u64,
-        start: &[u8],
-        end: &[u8],
-        version: u64,
-        leader: Option<(u64, &str)>,
-    ) -> ShardStatus {
+    pub(crate) fn status(id: u64, start: &[u8], end: &[u8], version: u64, leader: Option<(u64, &str)>) -> ShardStatus {
         ShardStatus {
             descriptor: ShardDescriptor {
                 id: ShardId(id),
                 range: KeyRange::new(start.to_vec(), end.to_vec()),
-                epoch: Epoch {
-                    conf_ver: 1,
-                    version,
-                },
+                epoch: Epoch { conf_ver: 1, version },
                 replicas: (1..=3)
                     .map(|n| ReplicaDescriptor {
                         node: NodeId(n),
@@ -272,22 +245,10 @@ pub(crate) mod tests {
     #[test]
     fn routes_keys_to_the_containing_shard() {
         let shards = vec![status(1, b"", b"m", 1, None), status(2, b"m", b"", 1, None)];
-        assert_eq!(
-            shard_for_key(&shards, b"").map(|s| s.descriptor.id),
-            Some(ShardId(1))
-        );
-        assert_eq!(
-            shard_for_key(&shards, b"l\xff").map(|s| s.descriptor.id),
-            Some(ShardId(1))
-        );
-        assert_eq!(
-            shard_for_key(&shards, b"m").map(|s| s.descriptor.id),
-            Some(ShardId(2))
-        );
-        assert_eq!(
-            shard_for_key(&shards, b"\xff\xff").map(|s| s.descriptor.id),
-            Some(ShardId(2))
-        );
+        assert_eq!(shard_for_key(&shards, b"").map(|s| s.descriptor.id), Some(ShardId(1)));
+        assert_eq!(shard_for_key(&shards, b"l\xff").map(|s| s.descriptor.id), Some(ShardId(1)));
+        assert_eq!(shard_for_key(&shards, b"m").map(|s| s.descriptor.id), Some(ShardId(2)));
+        assert_eq!(shard_for_key(&shards, b"\xff\xff").map(|s| s.descriptor.id), Some(ShardId(2)));
         let gap = vec![status(1, b"", b"m", 1, None), status(2, b"p", b"", 1, None)];
         assert!(shard_for_key(&gap, b"n").is_none());
     }
@@ -295,19 +256,9 @@ pub(crate) mod tests {
     #[test]
     fn overlapping_ranges_route_to_the_newest_epoch() {
         // Shard 1 split into 1 and 3 at "m", but one report of the old shard 1 remains.
-        let shards = vec![
-            status(9, b"", b"", 1, None),
-            status(3, b"m", b"", 2, None),
-            status(1, b"", b"m", 2, None),
-        ];
-        assert_eq!(
-            shard_for_key(&shards, b"x").map(|s| s.descriptor.id),
-            Some(ShardId(3))
-        );
-        assert_eq!(
-            shard_for_key(&shards, b"a").map(|s| s.descriptor.id),
-            Some(ShardId(1))
-        );
+        let shards = vec![status(9, b"", b"", 1, None), status(3, b"m", b"", 2, None), status(1, b"", b"m", 2, None)];
+        assert_eq!(shard_for_key(&shards, b"x").map(|s| s.descriptor.id), Some(ShardId(3)));
+        assert_eq!(shard_for_key(&shards, b"a").map(|s| s.descriptor.id), Some(ShardId(1)));
     }
 
     #[test]
@@ -351,16 +302,10 @@ pub(crate) mod tests {
     fn coverage() {
         assert!(!covers_key_space(&[]));
         assert!(covers_key_space(&[status(1, b"", b"", 1, None)]));
-        assert!(covers_key_space(&[
-            status(2, b"m", b"", 1, None),
-            status(1, b"", b"m", 1, None)
-        ]));
+        assert!(covers_key_space(&[status(2, b"m", b"", 1, None), status(1, b"", b"m", 1, None)]));
         assert!(!covers_key_space(&[status(1, b"", b"m", 1, None)]));
         assert!(!covers_key_space(&[status(1, b"a", b"", 1, None)]));
-        assert!(!covers_key_space(&[
-            status(1, b"", b"k", 1, None),
-            status(2, b"m", b"", 1, None)
-        ]));
+        assert!(!covers_key_space(&[status(1, b"", b"k", 1, None), status(2, b"m", b"", 1, None)]));
         // Overlaps are fine.
         assert!(covers_key_space(&[
             status(1, b"", b"p", 1, None),
@@ -377,9 +322,7 @@ pub(crate) mod tests {
 
         let mut leaderless = status(1, b"", b"", 1, None);
         leaderless.descriptor.replicas[0].role = ReplicaRole::Learner;
-        let picks: Vec<String> = (0..4)
-            .map(|a| target_addr(&leaderless, a, "seed:1"))
-            .collect();
+        let picks: Vec<String> = (0..4).map(|a| target_addr(&leaderless, a, "seed:1")).collect();
         assert_eq!(picks, ["n2:7700", "n3:7700", "n1:7700", "n2:7700"]);
 
         leaderless.descriptor.replicas.clear();
@@ -400,11 +343,7 @@ pub(crate) mod tests {
         newer.epoch.version = 2;
         assert!(apply_descriptor(&mut shards, &newer));
         assert_eq!(shards[0].descriptor, newer);
-        assert_eq!(
-            shards[0].leader,
-            Some(NodeId(3)),
-            "a range change keeps the leader"
-        );
+        assert_eq!(shards[0].leader, Some(NodeId(3)), "a range change keeps the leader");
         // An older descriptor never overwrites a newer one.
         let mut older = newer.clone();
         older.epoch.version = 1;
@@ -419,10 +358,7 @@ pub(crate) mod tests {
 
     #[test]
     fn known_addrs_are_deduplicated_leaders_first() {
-        let shards = vec![
-            status(1, b"", b"m", 1, Some((3, "n3:7700"))),
-            status(2, b"m", b"", 1, None),
-        ];
+        let shards = vec![status(1, b"", b"m", 1, Some((3, "n3:7700"))), status(2, b"m", b"", 1, None)];
         assert_eq!(known_addrs(&shards), ["n3:7700", "n1:7700", "n2:7700"]);
     }
 
@@ -431,11 +367,7 @@ pub(crate) mod tests {
         let shard = KeyRange::new(b"c".to_vec(), b"m".to_vec());
         assert_eq!(
             scan_window(b"d", b"", &shard),
-            ScanRange {
-                start: b"d".to_vec(),
-                end: b"m".to_vec(),
-                prefix: None
-            }
+            ScanRange { start: b"d".to_vec(), end: b"m".to_vec(), prefix: None }
         );
         assert_eq!(scan_window(b"d", b"f", &shard).end, b"f".to_vec());
         assert_eq!(scan_window(b"d", b"z", &shard).end, b"m".to_vec());
@@ -447,24 +379,15 @@ pub(crate) mod tests {
     #[test]
     fn scan_cursor_walks_forward_and_stops() {
         // Page cut short: continue inside the shard.
-        assert_eq!(
-            next_scan_cursor(b"c", Some(b"f".to_vec()), b"m", b"").unwrap(),
-            Some(b"f".to_vec())
-        );
+        assert_eq!(next_scan_cursor(b"c", Some(b"f".to_vec()), b"m", b"").unwrap(), Some(b"f".to_vec()));
         // Shard done: next shard.
-        assert_eq!(
-            next_scan_cursor(b"c", None, b"m", b"").unwrap(),
-            Some(b"m".to_vec())
-        );
+        assert_eq!(next_scan_cursor(b"c", None, b"m", b"").unwrap(), Some(b"m".to_vec()));
         // Shard done and the range ends inside it, at its end, or the key space ends.
         assert_eq!(next_scan_cursor(b"c", None, b"m", b"k").unwrap(), None);
         assert_eq!(next_scan_cursor(b"c", None, b"m", b"m").unwrap(), None);
         assert_eq!(next_scan_cursor(b"c", None, b"", b"").unwrap(), None);
         // A continuation at or past the range end stops too.
-        assert_eq!(
-            next_scan_cursor(b"c", Some(b"k".to_vec()), b"m", b"k").unwrap(),
-            None
-        );
+        assert_eq!(next_scan_cursor(b"c", Some(b"k".to_vec()), b"m", b"k").unwrap(), None);
         // No progress is a server bug, not an endless loop.
         assert!(next_scan_cursor(b"c", Some(b"c".to_vec()), b"m", b"").is_err());
         assert!(next_scan_cursor(b"c", Some(b"b".to_vec()), b"m", b"").is_err());

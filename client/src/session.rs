@@ -31,11 +31,7 @@ impl SessionTracker {
 
     /// A tracker with the given client id (0 turns deduplication off).
     pub fn with_client_id(client_id: u64) -> Self {
-        Self {
-            client_id,
-            next_seq: AtomicU64::new(1),
-            in_flight: Mutex::new(BTreeSet::new()),
-        }
+        Self { client_id, next_seq: AtomicU64::new(1), in_flight: Mutex::new(BTreeSet::new()) }
     }
 
     /// This client's id.
@@ -48,10 +44,7 @@ impl SessionTracker {
     pub fn begin(&self) -> WriteTicket<'_> {
         // The lock is taken before allocating so that `acked_below`, computed under the same
         // lock, can never pass a number that is allocated but not yet recorded.
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         in_flight.insert(seq);
         WriteTicket { tracker: self, seq }
@@ -59,23 +52,13 @@ impl SessionTracker {
 
     /// The session to send for an attempt of the write holding sequence number `seq`.
     pub fn session(&self, seq: u64) -> Session {
-        let in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         let next = self.next_seq.load(Ordering::Relaxed);
-        Session {
-            client_id: self.client_id,
-            seq,
-            acked_below: acked_below(&in_flight, next),
-        }
+        Session { client_id: self.client_id, seq, acked_below: acked_below(&in_flight, next) }
     }
 
     fn finish(&self, seq: u64) {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&seq);
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&seq);
     }
 }
 
@@ -127,25 +110,11 @@ mod tests {
         let a = t.begin();
         let b = t.begin();
         assert_eq!((a.seq(), b.seq()), (1, 2));
-        assert_eq!(
-            b.session(),
-            Session {
-                client_id: 9,
-                seq: 2,
-                acked_below: 1
-            }
-        );
+        assert_eq!(b.session(), Session { client_id: 9, seq: 2, acked_below: 1 });
         drop(a);
         assert_eq!(b.session().acked_below, 2);
         let c = t.begin();
-        assert_eq!(
-            c.session(),
-            Session {
-                client_id: 9,
-                seq: 3,
-                acked_below: 2
-            }
-        );
+        assert_eq!(c.session(), Session { client_id: 9, seq: 3, acked_below: 2 });
         drop(b);
         drop(c);
         assert_eq!(acked_below(&t.in_flight.lock().unwrap(), 4), 4);

@@ -11,8 +11,8 @@ use cairn_client::{ClientConfig, DirectClient};
 use cairn_proto::pb::admin_server::{Admin, AdminServer};
 use cairn_proto::pb::kv_server::{Kv, KvServer};
 use cairn_proto::{
-    ApiError, Epoch, KeyRange, NodeId, RaftRole, ReplicaDescriptor, ReplicaRole, Route, Session,
-    ShardDescriptor, ShardId, ShardStatus, pb,
+    ApiError, Epoch, KeyRange, NodeId, RaftRole, ReplicaDescriptor, ReplicaRole, Route, Session, ShardDescriptor,
+    ShardId, ShardStatus, pb,
 };
 use tonic::{Request, Response, Status};
 
@@ -58,10 +58,7 @@ impl State {
         }
         let leader = self.leaders[&desc.id];
         if leader != me {
-            return Err(ApiError::NotLeader {
-                shard: desc.id,
-                leader: Some((leader, self.addrs[&leader].clone())),
-            });
+            return Err(ApiError::NotLeader { shard: desc.id, leader: Some((leader, self.addrs[&leader].clone())) });
         }
         if let Some(key) = key
             && !desc.range.contains(key)
@@ -107,48 +104,29 @@ struct MockNode {
 }
 
 fn document(key: &[u8], value: &[u8], version: u64) -> pb::Document {
-    pb::Document {
-        key: key.to_vec(),
-        value: value.to_vec(),
-        version,
-        created_at_ms: 1,
-        updated_at_ms: 2,
-    }
+    pb::Document { key: key.to_vec(), value: value.to_vec(), version, created_at_ms: 1, updated_at_ms: 2 }
 }
 
 #[tonic::async_trait]
 impl Kv for MockNode {
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
         let mut st = self.state.lock().unwrap();
-        st.check_route(self.id, r.route, Some(&r.key))
-            .map_err(|e| e.to_status())?;
-        let document = st
-            .data
-            .get(&r.key)
-            .map(|(v, ver)| document(&r.key, v, *ver));
+        st.check_route(self.id, r.route, Some(&r.key)).map_err(|e| e.to_status())?;
+        let document = st.data.get(&r.key).map(|(v, ver)| document(&r.key, v, *ver));
         Ok(Response::new(pb::GetResponse { document }))
     }
 
-    async fn put(
-        &self,
-        request: Request<pb::PutRequest>,
-    ) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
         let mut st = self.state.lock().unwrap();
-        st.check_route(self.id, r.route, Some(&r.key))
-            .map_err(|e| e.to_status())?;
+        st.check_route(self.id, r.route, Some(&r.key)).map_err(|e| e.to_status())?;
         let (key, value, expected) = (r.key, r.value, r.expected_version);
         let (_, version) = st
             .write(r.session.into(), |st| {
                 let current = st.data.get(&key).map(|(_, v)| *v).unwrap_or(0);
                 if expected.is_some_and(|e| e != current) {
-                    return Err(ApiError::ConditionFailed {
-                        current_version: current,
-                    });
+                    return Err(ApiError::ConditionFailed { current_version: current });
                 }
                 st.last_index += 1;
                 st.data.insert(key, (value, st.last_index));
@@ -158,22 +136,16 @@ impl Kv for MockNode {
         Ok(Response::new(pb::PutResponse { version }))
     }
 
-    async fn delete(
-        &self,
-        request: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let r = request.into_inner();
         let mut st = self.state.lock().unwrap();
-        st.check_route(self.id, r.route, Some(&r.key))
-            .map_err(|e| e.to_status())?;
+        st.check_route(self.id, r.route, Some(&r.key)).map_err(|e| e.to_status())?;
         let (key, expected) = (r.key, r.expected_version);
         let (deleted, version) = st
             .write(r.session.into(), |st| {
                 let current = st.data.get(&key).map(|(_, v)| *v).unwrap_or(0);
                 if expected.is_some_and(|e| e != current) {
-                    return Err(ApiError::ConditionFailed {
-                        current_version: current,
-                    });
+                    return Err(ApiError::ConditionFailed { current_version: current });
                 }
                 st.last_index += 1;
                 Ok((st.data.remove(&key).is_some(), st.last_index))
@@ -182,15 +154,10 @@ impl Kv for MockNode {
         Ok(Response::new(pb::DeleteResponse { deleted, version }))
     }
 
-    async fn scan(
-        &self,
-        request: Request<pb::ScanRequest>,
-    ) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
         let r = request.into_inner();
         let mut st = self.state.lock().unwrap();
-        let desc = st
-            .check_route(self.id, r.route, Some(&r.start))
-            .map_err(|e| e.to_status())?;
+        let desc = st.check_route(self.id, r.route, Some(&r.start)).map_err(|e| e.to_status())?;
         let asked = KeyRange::new(r.start, r.end);
         let Some(range) = asked.intersect(&desc.range) else {
             return Err(ApiError::KeyNotInShard { current: desc }.to_status());
@@ -199,43 +166,24 @@ impl Kv for MockNode {
             return Err(ApiError::KeyNotInShard { current: desc }.to_status());
         }
         let page = (r.limit as usize).min(MOCK_SCAN_PAGE_DOCS);
-        let mut hits = st
-            .data
-            .range(range.start.clone()..)
-            .filter(|(k, _)| range.contains(k));
-        let documents: Vec<_> = hits
-            .by_ref()
-            .take(page)
-            .map(|(k, (v, ver))| document(k, v, *ver))
-            .collect();
+        let mut hits = st.data.range(range.start.clone()..).filter(|(k, _)| range.contains(k));
+        let documents: Vec<_> = hits.by_ref().take(page).map(|(k, (v, ver))| document(k, v, *ver)).collect();
         let continue_from = hits.next().map(|(k, _)| k.clone());
-        Ok(Response::new(pb::ScanResponse {
-            documents,
-            continue_from,
-        }))
+        Ok(Response::new(pb::ScanResponse { documents, continue_from }))
     }
 
-    async fn batch_get(
-        &self,
-        _: Request<pb::BatchGetRequest>,
-    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+    async fn batch_get(&self, _: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
         Err(Status::unimplemented("not in the mock"))
     }
 
-    async fn batch_put(
-        &self,
-        _: Request<pb::BatchPutRequest>,
-    ) -> Result<Response<pb::BatchPutResponse>, Status> {
+    async fn batch_put(&self, _: Request<pb::BatchPutRequest>) -> Result<Response<pb::BatchPutResponse>, Status> {
         Err(Status::unimplemented("not in the mock"))
     }
 }
 
 #[tonic::async_trait]
 impl Admin for MockNode {
-    async fn list_shards(
-        &self,
-        _: Request<pb::ListShardsRequest>,
-    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+    async fn list_shards(&self, _: Request<pb::ListShardsRequest>) -> Result<Response<pb::ListShardsResponse>, Status> {
         let st = self.state.lock().unwrap();
         let shards = st
             .shards
@@ -244,17 +192,9 @@ impl Admin for MockNode {
                 let leader = st.leaders[&d.id];
                 let status = ShardStatus {
                     descriptor: d.clone(),
-                    role: if leader == self.id {
-                        RaftRole::Leader
-                    } else {
-                        RaftRole::Follower
-                    },
+                    role: if leader == self.id { RaftRole::Leader } else { RaftRole::Follower },
                     leader: (!st.hide_leaders).then_some(leader),
-                    leader_addr: if st.hide_leaders {
-                        String::new()
-                    } else {
-                        st.addrs[&leader].clone()
-                    },
+                    leader_addr: if st.hide_leaders { String::new() } else { st.addrs[&leader].clone() },
                     term: 1,
                     applied_index: st.last_index,
                     last_log_index: st.last_index,
@@ -262,16 +202,10 @@ impl Admin for MockNode {
                 pb::ShardStatus::from(&status)
             })
             .collect();
-        Ok(Response::new(pb::ListShardsResponse {
-            node_id: self.id.0,
-            shards,
-        }))
+        Ok(Response::new(pb::ListShardsResponse { node_id: self.id.0, shards }))
     }
 
-    async fn node_stats(
-        &self,
-        _: Request<pb::NodeStatsRequest>,
-    ) -> Result<Response<pb::NodeStatsResponse>, Status> {
+    async fn node_stats(&self, _: Request<pb::NodeStatsRequest>) -> Result<Response<pb::NodeStatsResponse>, Status> {
         Err(Status::unimplemented("not in the mock"))
     }
 }
@@ -291,10 +225,7 @@ async fn start_cluster() -> Cluster {
         let addr = listener.local_addr().unwrap().to_string();
         state.lock().unwrap().addrs.insert(id, addr.clone());
         addrs.push(addr);
-        let node = MockNode {
-            id,
-            state: state.clone(),
-        };
+        let node = MockNode { id, state: state.clone() };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(KvServer::new(node.clone()))
@@ -312,10 +243,7 @@ async fn start_cluster() -> Cluster {
                 role: ReplicaRole::Voter,
             })
             .collect();
-        let epoch = Epoch {
-            conf_ver: 1,
-            version: 1,
-        };
+        let epoch = Epoch { conf_ver: 1, version: 1 };
         st.shards = vec![
             ShardDescriptor {
                 id: ShardId(1),
@@ -323,12 +251,7 @@ async fn start_cluster() -> Cluster {
                 epoch,
                 replicas: replicas.clone(),
             },
-            ShardDescriptor {
-                id: ShardId(2),
-                range: KeyRange::new(b"m".to_vec(), Vec::new()),
-                epoch,
-                replicas,
-            },
+            ShardDescriptor { id: ShardId(2), range: KeyRange::new(b"m".to_vec(), Vec::new()), epoch, replicas },
         ];
         st.leaders = HashMap::from([(ShardId(1), NodeId(2)), (ShardId(2), NodeId(1))]);
     }
@@ -358,12 +281,7 @@ async fn reads_and_writes_route_to_each_shards_leader() {
 
     // Compare-and-set failures are returned, not retried.
     let err = client.put(b"zebra", b"{}", Some(0)).await.unwrap_err();
-    assert_eq!(
-        err,
-        ApiError::ConditionFailed {
-            current_version: v2
-        }
-    );
+    assert_eq!(err, ApiError::ConditionFailed { current_version: v2 });
 
     let (deleted, _) = client.delete(b"zebra", None).await.unwrap();
     assert!(deleted);
@@ -371,18 +289,11 @@ async fn reads_and_writes_route_to_each_shards_leader() {
     assert!(!deleted);
 
     let shards = client.shards().await.unwrap();
-    assert_eq!(
-        shards.iter().map(|s| s.descriptor.id).collect::<Vec<_>>(),
-        [ShardId(1), ShardId(2)]
-    );
+    assert_eq!(shards.iter().map(|s| s.descriptor.id).collect::<Vec<_>>(), [ShardId(1), ShardId(2)]);
 
     // Every session carried this client's id, and acked_below never passed its seq.
     let st = cluster.state.lock().unwrap();
-    assert!(
-        st.sessions_seen
-            .iter()
-            .all(|s| s.client_id == client.client_id() && s.acked_below <= s.seq)
-    );
+    assert!(st.sessions_seen.iter().all(|s| s.client_id == client.client_id() && s.acked_below <= s.seq));
 }
 
 #[tokio::test]
@@ -427,30 +338,16 @@ async fn a_retried_write_is_applied_once() {
     }
     let version = client.put(b"k", b"1", None).await.unwrap();
     let st = cluster.state.lock().unwrap();
-    assert_eq!(
-        st.applies,
-        applies_before + 1,
-        "the retries were deduplicated"
-    );
-    assert_eq!(
-        st.data[&b"k".to_vec()].1,
-        version,
-        "the retry returned the first apply's version"
-    );
+    assert_eq!(st.applies, applies_before + 1, "the retries were deduplicated");
+    assert_eq!(st.data[&b"k".to_vec()].1, version, "the retry returned the first apply's version");
     let last: Vec<_> = st.sessions_seen.iter().rev().take(4).collect();
-    assert!(
-        last.iter().all(|s| s.seq == last[0].seq),
-        "one seq across retries: {last:?}"
-    );
+    assert!(last.iter().all(|s| s.seq == last[0].seq), "one seq across retries: {last:?}");
 }
 
 #[tokio::test]
 async fn gives_up_after_max_attempts() {
     let cluster = start_cluster().await;
-    let config = ClientConfig {
-        max_attempts: 3,
-        ..fast_config()
-    };
+    let config = ClientConfig { max_attempts: 3, ..fast_config() };
     let client = DirectClient::new(cluster.addrs[0].clone(), config).unwrap();
     client.shards().await.unwrap();
     cluster.state.lock().unwrap().fail_before_apply = 100;
@@ -466,38 +363,21 @@ async fn gives_up_after_max_attempts() {
 async fn scans_walk_pages_and_shards_in_key_order() {
     let cluster = start_cluster().await;
     let client = DirectClient::new(cluster.addrs[0].clone(), fast_config()).unwrap();
-    let mut keys: Vec<String> = (0..13)
-        .map(|i| format!("a{i:02}"))
-        .chain((0..11).map(|i| format!("p{i:02}")))
-        .collect();
+    let mut keys: Vec<String> =
+        (0..13).map(|i| format!("a{i:02}")).chain((0..11).map(|i| format!("p{i:02}"))).collect();
     keys.push("m".into());
     for k in &keys {
         client.put(k.as_bytes(), b"{}", None).await.unwrap();
     }
     keys.sort();
     let scanned = |docs: Vec<cairn_proto::Document>| -> Vec<String> {
-        docs.into_iter()
-            .map(|d| String::from_utf8(d.key).unwrap())
-            .collect()
+        docs.into_iter().map(|d| String::from_utf8(d.key).unwrap()).collect()
     };
 
-    assert_eq!(
-        scanned(client.scan_range(b"", b"", 1000).await.unwrap()),
-        keys
-    );
-    assert_eq!(
-        scanned(client.scan_range(b"", b"", 7).await.unwrap()),
-        keys[..7]
-    );
-    assert_eq!(
-        scanned(client.scan_range(b"a05", b"p03", 1000).await.unwrap()),
-        keys[5..17]
-    );
-    let p: Vec<String> = keys
-        .iter()
-        .filter(|k| k.starts_with('p'))
-        .cloned()
-        .collect();
+    assert_eq!(scanned(client.scan_range(b"", b"", 1000).await.unwrap()), keys);
+    assert_eq!(scanned(client.scan_range(b"", b"", 7).await.unwrap()), keys[..7]);
+    assert_eq!(scanned(client.scan_range(b"a05", b"p03", 1000).await.unwrap()), keys[5..17]);
+    let p: Vec<String> = keys.iter().filter(|k| k.starts_with('p')).cloned().collect();
     assert_eq!(scanned(client.scan_prefix(b"p", 1000).await.unwrap()), p);
     assert!(client.scan_prefix(b"q", 10).await.unwrap().is_empty());
     assert!(client.scan_range(b"", b"", 0).await.unwrap().is_empty());
@@ -509,9 +389,7 @@ async fn cairnctl(node: &str, args: &[&str], stdin: Option<&str>) -> (i32, Strin
     use std::process::{Command, Stdio};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
     cmd.args(["--node", node, "--timeout", "5s"]).args(args);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let stdin = stdin.map(str::to_string);
     // The mock nodes run on this test's runtime, so the blocking wait goes elsewhere.
     let out = tokio::task::spawn_blocking(move || {
@@ -525,11 +403,7 @@ async fn cairnctl(node: &str, args: &[&str], stdin: Option<&str>) -> (i32, Strin
     })
     .await
     .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 #[tokio::test]
@@ -537,35 +411,19 @@ async fn cairnctl_end_to_end() {
     let cluster = start_cluster().await;
     let node = cluster.addrs[0].as_str();
 
-    let (code, out, err) = cairnctl(
-        node,
-        &[
-            "put",
-            "user:1",
-            r#"{"name": "ada", "n": 12345678901234567890}"#,
-        ],
-        None,
-    )
-    .await;
+    let (code, out, err) =
+        cairnctl(node, &["put", "user:1", r#"{"name": "ada", "n": 12345678901234567890}"#], None).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("key      user:1\nversion  "), "{out}");
 
-    let (code, out, err) = cairnctl(
-        node,
-        &["--output", "json", "put", "user:2", "-"],
-        Some("[1, 2]\n"),
-    )
-    .await;
+    let (code, out, err) = cairnctl(node, &["--output", "json", "put", "user:2", "-"], Some("[1, 2]\n")).await;
     assert_eq!(code, 0, "{err}");
     let put: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(put["key"], "user:2");
 
     let (code, out, err) = cairnctl(node, &["get", "user:1", "--output", "json"], None).await;
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains(r#""value": {"name": "ada", "n": 12345678901234567890}"#),
-        "stored text kept: {out}"
-    );
+    assert!(out.contains(r#""value": {"name": "ada", "n": 12345678901234567890}"#), "stored text kept: {out}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["key"], "user:1");
     assert_eq!(doc["value"]["name"], "ada");
@@ -575,10 +433,7 @@ async fn cairnctl_end_to_end() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].starts_with("KEY     VERSION  VALUE"), "{out}");
-    assert!(
-        lines[2].starts_with("user:2  ") && lines[2].ends_with("[1, 2]"),
-        "{out}"
-    );
+    assert!(lines[2].starts_with("user:2  ") && lines[2].ends_with("[1, 2]"), "{out}");
 
     let (code, out, _) = cairnctl(node, &["shards", "--output", "json"], None).await;
     assert_eq!(code, 0);
@@ -591,17 +446,9 @@ async fn cairnctl_end_to_end() {
     assert!(out.starts_with("ID  RANGE      EPOCH  ROLE"), "{out}");
 
     let (code, out, err) = cairnctl(node, &["get", "nobody"], None).await;
-    assert_eq!(
-        (code, out.as_str(), err.as_str()),
-        (1, "", "error: not found: nobody\n")
-    );
+    assert_eq!((code, out.as_str(), err.as_str()), (1, "", "error: not found: nobody\n"));
 
-    let (code, _, err) = cairnctl(
-        node,
-        &["delete", "user:2", "--expected-version", "999"],
-        None,
-    )
-    .await;
+    let (code, _, err) = cairnctl(node, &["delete", "user:2", "--expected-version", "999"], None).await;
     assert_eq!(code, 2);
     assert!(err.starts_with("error: CONDITION_FAILED"), "{err}");
     let (code, _, _) = cairnctl(node, &["delete", "user:2"], None).await;
@@ -611,10 +458,7 @@ async fn cairnctl_end_to_end() {
 
     let (code, _, err) = cairnctl(node, &["put", "k", "{not json"], None).await;
     assert_eq!(code, 2);
-    assert!(
-        err.starts_with("error: invalid JSON document") && err.lines().count() == 1,
-        "{err}"
-    );
+    assert!(err.starts_with("error: invalid JSON document") && err.lines().count() == 1, "{err}");
 
     let (code, _, err) = cairnctl("127.0.0.1:1", &["--timeout", "1s", "get", "k"], None).await;
     assert_eq!(code, 2);

@@ -116,11 +116,7 @@ impl ApiError {
     }
 
     pub fn to_pb(&self) -> crate::pb::Error {
-        let mut e = crate::pb::Error {
-            code: self.code() as i32,
-            message: self.to_string(),
-            ..Default::default()
-        };
+        let mut e = crate::pb::Error { code: self.code() as i32, message: self.to_string(), ..Default::default() };
         match self {
             ApiError::NotLeader { shard, leader } => {
                 e.shard_id = shard.0;

@@ -104,7 +104,12 @@ impl KeyRange {
 
 impl fmt::Display for KeyRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {})", display_key(&self.start), if self.end.is_empty() { "+inf".to_string() } else { display_key(&self.end) })
+        write!(
+            f,
+            "[{}, {})",
+            display_key(&self.start),
+            if self.end.is_empty() { "+inf".to_string() } else { display_key(&self.end) }
+        )
     }
 }
 

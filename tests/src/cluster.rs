@@ -44,7 +44,8 @@ impl TestCluster {
             listeners.push(TcpListener::bind("127.0.0.1:0").await?);
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-        let members: Vec<(u64, String)> = addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.to_string())).collect();
+        let members: Vec<(u64, String)> =
+            addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.to_string())).collect();
         let mut configs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let mut c = NodeConfig {

@@ -70,7 +70,8 @@ async fn bad_input_returns_its_code_and_changes_nothing() -> anyhow::Result<()> 
         other => panic!("expected KEY_NOT_IN_SHARD, got {other}"),
     }
     // A stale range epoch.
-    let stale = Route { shard: route.shard, epoch: Epoch { conf_ver: route.epoch.conf_ver, version: route.epoch.version - 1 } };
+    let stale =
+        Route { shard: route.shard, epoch: Epoch { conf_ver: route.epoch.conf_ver, version: route.epoch.version - 1 } };
     let e = leader.put(stale, session(7), &key, b"{}", None).await.unwrap_err();
     match e {
         ApiError::EpochMismatch { current } => assert_eq!(current.epoch, route.epoch),

@@ -69,10 +69,7 @@ fn route_for(shards: &[ShardStatus], key: &[u8]) -> Option<Route> {
     shards
         .iter()
         .find(|s| s.descriptor.range.contains(key))
-        .map(|s| Route {
-            shard: s.descriptor.id,
-            epoch: s.descriptor.epoch,
-        })
+        .map(|s| Route { shard: s.descriptor.id, epoch: s.descriptor.epoch })
 }
 
 /// One put of a document, in the order its writer issued them.
@@ -92,11 +89,7 @@ struct History {
 impl History {
     /// Position and version of the last acknowledged write.
     fn last_ack(&self) -> Option<(usize, u64)> {
-        self.attempts
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(p, a)| a.outcome.as_ref().ok().map(|v| (p, *v)))
+        self.attempts.iter().enumerate().rev().find_map(|(p, a)| a.outcome.as_ref().ok().map(|v| (p, *v)))
     }
 }
 
@@ -106,33 +99,17 @@ impl History {
 #[derive(Debug)]
 enum Violation {
     /// No copy, though a write of it was acknowledged.
-    Lost {
-        acked_round: u32,
-        acked_version: u64,
-    },
+    Lost { acked_round: u32, acked_version: u64 },
     /// A copy that is not a value the writers wrote to this key.
     Foreign { value: String, version: u64 },
     /// The acknowledged value, but at another version than the acknowledgement said.
-    WrongVersion {
-        round: u32,
-        acked_version: u64,
-        version: u64,
-    },
+    WrongVersion { round: u32, acked_version: u64, version: u64 },
     /// An older value than the last acknowledged one: an acknowledged write was
     /// lost or overwritten by an earlier one.
-    Older {
-        round: u32,
-        version: u64,
-        acked_round: u32,
-        acked_version: u64,
-    },
+    Older { round: u32, version: u64, acked_round: u32, acked_version: u64 },
     /// The value of a write whose outcome is unknown, at a version not after the
     /// last acknowledged write.
-    UnknownNotAfterAck {
-        round: u32,
-        version: u64,
-        acked_version: u64,
-    },
+    UnknownNotAfterAck { round: u32, version: u64, acked_version: u64 },
 }
 
 /// How an acceptable copy came to be.
@@ -152,16 +129,11 @@ fn check_doc(i: usize, history: &History, found: Option<&Document>) -> Result<Ve
     let Some(doc) = found else {
         return match ack {
             None => Ok(Verdict::NeverWritten),
-            Some((p, v)) => Err(Violation::Lost {
-                acked_round: history.attempts[p].round,
-                acked_version: v,
-            }),
+            Some((p, v)) => Err(Violation::Lost { acked_round: history.attempts[p].round, acked_version: v }),
         };
     };
-    let foreign = || Violation::Foreign {
-        value: String::from_utf8_lossy(&doc.value).into_owned(),
-        version: doc.version,
-    };
+    let foreign =
+        || Violation::Foreign { value: String::from_utf8_lossy(&doc.value).into_owned(), version: doc.version };
     let Some((di, round)) = parse_value(&doc.value) else {
         return Err(foreign());
     };
@@ -176,37 +148,20 @@ fn check_doc(i: usize, history: &History, found: Option<&Document>) -> Result<Ve
             if doc.version == acked_version {
                 Ok(Verdict::LastAck)
             } else {
-                Err(Violation::WrongVersion {
-                    round,
-                    acked_version,
-                    version: doc.version,
-                })
+                Err(Violation::WrongVersion { round, acked_version, version: doc.version })
             }
         }
         (Some((p, acked_version)), _) if pos < p => Err(if history.attempts[pos].outcome.is_ok() {
-            Violation::Older {
-                round,
-                version: doc.version,
-                acked_round: history.attempts[p].round,
-                acked_version,
-            }
+            Violation::Older { round, version: doc.version, acked_round: history.attempts[p].round, acked_version }
         } else {
             // An abandoned write that took effect after a later write was acknowledged.
-            Violation::UnknownNotAfterAck {
-                round,
-                version: doc.version,
-                acked_version,
-            }
+            Violation::UnknownNotAfterAck { round, version: doc.version, acked_version }
         }),
         (Some((_, acked_version)), Err(_)) => {
             if doc.version > acked_version {
                 Ok(Verdict::UnknownTookEffect)
             } else {
-                Err(Violation::UnknownNotAfterAck {
-                    round,
-                    version: doc.version,
-                    acked_version,
-                })
+                Err(Violation::UnknownNotAfterAck { round, version: doc.version, acked_version })
             }
         }
         (None, Err(_)) => Ok(Verdict::UnknownTookEffect),
@@ -228,19 +183,12 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let test_started = Instant::now();
     let seed = test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let plan: Arc<Vec<(Vec<u8>, u32)>> = Arc::new(
-        (0..DOCS)
-            .map(|i| (doc_key(&mut rng, i), rng.random_range(1..=3)))
-            .collect(),
-    );
+    let plan: Arc<Vec<(Vec<u8>, u32)>> =
+        Arc::new((0..DOCS).map(|i| (doc_key(&mut rng, i), rng.random_range(1..=3))).collect());
     let writes_planned: u32 = plan.iter().map(|(_, rounds)| rounds).sum();
 
     let mut cluster = ProcessCluster::start(NODES, SHARDS).await?;
-    println!(
-        "cluster up in {:?}; data in {}",
-        test_started.elapsed(),
-        cluster.dir().display()
-    );
+    println!("cluster up in {:?}; data in {}", test_started.elapsed(), cluster.dir().display());
 
     // Writers: each takes the next document and writes all its rounds in order.
     let client = Arc::new(cluster.client(ClientConfig::default())?);
@@ -250,13 +198,8 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let writing_started = Instant::now();
     let writers: Vec<_> = (0..WRITERS)
         .map(|_| {
-            let (client, plan, next_doc, acked, max_latency_ms) = (
-                client.clone(),
-                plan.clone(),
-                next_doc.clone(),
-                acked.clone(),
-                max_latency_ms.clone(),
-            );
+            let (client, plan, next_doc, acked, max_latency_ms) =
+                (client.clone(), plan.clone(), next_doc.clone(), acked.clone(), max_latency_ms.clone());
             tokio::spawn(async move {
                 let mut done: Vec<(usize, History)> = Vec::new();
                 loop {
@@ -268,8 +211,7 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
                     for round in 1..=*rounds {
                         let started = Instant::now();
                         let outcome = client.put(key, &doc_value(i, round), None).await;
-                        max_latency_ms
-                            .fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        max_latency_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                         if outcome.is_ok() {
                             acked.fetch_add(1, Ordering::Relaxed);
                         }
@@ -307,11 +249,7 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
         histories.extend(done.context("a writer task panicked")?);
     }
     let writing_took = writing_started.elapsed();
-    anyhow::ensure!(
-        histories.len() == DOCS,
-        "{} of {DOCS} documents have a history",
-        histories.len()
-    );
+    anyhow::ensure!(histories.len() == DOCS, "{} of {DOCS} documents have a history", histories.len());
     let attempts: Vec<&Attempt> = histories.values().flat_map(|h| &h.attempts).collect();
     let acked_total = attempts.iter().filter(|a| a.outcome.is_ok()).count();
     let mut errors_by_kind: BTreeMap<&str, usize> = BTreeMap::new();
@@ -329,17 +267,10 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
         max_latency_ms.load(Ordering::Relaxed)
     );
     anyhow::ensure!(attempts.len() == writes_planned as usize);
-    anyhow::ensure!(
-        acked_total > acked_at_kill,
-        "no write was acknowledged after the kill"
-    );
+    anyhow::ensure!(acked_total > acked_at_kill, "no write was acknowledged after the kill");
     // A later acknowledged write of a key must have a later version (log index).
     for (i, h) in &histories {
-        let versions: Vec<u64> = h
-            .attempts
-            .iter()
-            .filter_map(|a| a.outcome.as_ref().ok().copied())
-            .collect();
+        let versions: Vec<u64> = h.attempts.iter().filter_map(|a| a.outcome.as_ref().ok().copied()).collect();
         anyhow::ensure!(
             versions.windows(2).all(|w| w[0] < w[1]),
             "document {i} ({}): acknowledged versions do not increase: {:?}",
@@ -354,10 +285,7 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let target: BTreeMap<_, u64> = leaders
         .iter()
         .map(|(shard, &l)| {
-            let status = lists[&l]
-                .iter()
-                .find(|s| s.descriptor.id == *shard)
-                .expect("the leader lists its shard");
+            let status = lists[&l].iter().find(|s| s.descriptor.id == *shard).expect("the leader lists its shard");
             (*shard, status.applied_index)
         })
         .collect();
@@ -366,73 +294,45 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
     cluster.spawn(victim)?;
     let restarted_at = Instant::now();
     let caught_up = cluster
-        .wait_for_listing(
-            "every replica on every node to catch up",
-            Duration::from_secs(60),
-            |lists| {
-                let all = lists.len() == NODES
-                    && lists.values().all(|shards| {
-                        shards.len() == SHARDS as usize
-                            && shards.iter().all(|s| {
-                                target
-                                    .get(&s.descriptor.id)
-                                    .is_some_and(|&t| s.applied_index >= t)
-                            })
-                    });
-                all.then(|| lists.clone())
-            },
-        )
+        .wait_for_listing("every replica on every node to catch up", Duration::from_secs(60), |lists| {
+            let all = lists.len() == NODES
+                && lists.values().all(|shards| {
+                    shards.len() == SHARDS as usize
+                        && shards.iter().all(|s| target.get(&s.descriptor.id).is_some_and(|&t| s.applied_index >= t))
+                });
+            all.then(|| lists.clone())
+        })
         .await?;
-    println!(
-        "node {victim_id} restarted; all replicas caught up {:?} after the restart",
-        restarted_at.elapsed()
-    );
+    println!("node {victim_id} restarted; all replicas caught up {:?} after the restart", restarted_at.elapsed());
 
     // Read every key from every node's own replica, without a leader check.
     let reading_started = Instant::now();
-    let read_config = ClientConfig {
-        request_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
-    };
+    let read_config = ClientConfig { request_timeout: Duration::from_secs(10), ..ClientConfig::default() };
     let mut reads = Vec::new();
     for (&n, shards) in &caught_up {
         let node = NodeClient::new(&cluster.addr(n), &read_config)?;
         for (i, (key, _)) in plan.iter().enumerate() {
-            let route = route_for(shards, key)
-                .with_context(|| format!("node {n} lists no shard for {}", display_key(key)))?;
+            let route =
+                route_for(shards, key).with_context(|| format!("node {n} lists no shard for {}", display_key(key)))?;
             reads.push((n, i, route, key.clone(), node.clone()));
         }
     }
-    let observed: Vec<(usize, usize, Result<Option<Document>, ApiError>)> =
-        futures::stream::iter(reads)
-            .map(
-                |(n, i, route, key, node)| async move { (n, i, node.get(route, &key, true).await) },
-            )
-            .buffer_unordered(64)
-            .collect()
-            .await;
+    let observed: Vec<(usize, usize, Result<Option<Document>, ApiError>)> = futures::stream::iter(reads)
+        .map(|(n, i, route, key, node)| async move { (n, i, node.get(route, &key, true).await) })
+        .buffer_unordered(64)
+        .collect()
+        .await;
     let mut per_doc: BTreeMap<usize, BTreeMap<NodeId, Option<Document>>> = BTreeMap::new();
     let mut read_errors = Vec::new();
     for (n, i, result) in observed {
         match result {
             Ok(doc) => {
-                per_doc
-                    .entry(i)
-                    .or_default()
-                    .insert(cluster.nodes[n].id, doc);
+                per_doc.entry(i).or_default().insert(cluster.nodes[n].id, doc);
             }
-            Err(e) => read_errors.push(format!(
-                "node {} key {}: {e}",
-                cluster.nodes[n].id,
-                display_key(&plan[i].0)
-            )),
+            Err(e) => read_errors.push(format!("node {} key {}: {e}", cluster.nodes[n].id, display_key(&plan[i].0))),
         }
     }
-    println!(
-        "read {} copies in {:?}",
-        NODES * DOCS,
-        reading_started.elapsed()
-    );
+    println!("read {} copies in {:?}", NODES * DOCS, reading_started.elapsed());
 
     let mut violations = Vec::new();
     let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
@@ -451,10 +351,7 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
         }
         let first = copies.values().next();
         if copies.values().any(|d| Some(d) != first) {
-            diverged.push(format!(
-                "document {i} key {}: replicas differ: {copies:?}",
-                display_key(&plan[*i].0)
-            ));
+            diverged.push(format!("document {i} key {}: replicas differ: {copies:?}", display_key(&plan[*i].0)));
         }
     }
     println!("copies checked per verdict: {verdicts:?}");
@@ -463,34 +360,15 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
             println!("  {line}");
         }
     }
-    anyhow::ensure!(
-        read_errors.is_empty(),
-        "{} stale reads failed",
-        read_errors.len()
-    );
-    anyhow::ensure!(
-        violations.is_empty(),
-        "{} copies violate the acknowledged history",
-        violations.len()
-    );
-    anyhow::ensure!(
-        diverged.is_empty(),
-        "{} documents differ between replicas",
-        diverged.len()
-    );
+    anyhow::ensure!(read_errors.is_empty(), "{} stale reads failed", read_errors.len());
+    anyhow::ensure!(violations.is_empty(), "{} copies violate the acknowledged history", violations.len());
+    anyhow::ensure!(diverged.is_empty(), "{} documents differ between replicas", diverged.len());
 
     let stopping = Instant::now();
     for (node, status) in cluster.terminate_all(SIGTERM_EXIT_TIMEOUT).await? {
-        anyhow::ensure!(
-            status.success(),
-            "node {node} exited with {status} after SIGTERM"
-        );
+        anyhow::ensure!(status.success(), "node {node} exited with {status} after SIGTERM");
     }
-    println!(
-        "all nodes exited 0 after SIGTERM in {:?}; test took {:?}",
-        stopping.elapsed(),
-        test_started.elapsed()
-    );
+    println!("all nodes exited 0 after SIGTERM in {:?}; test took {:?}", stopping.elapsed(), test_started.elapsed());
     cluster.finish();
     Ok(())
 }
@@ -517,81 +395,87 @@ async fn sigterm_restart_all_keeps_data() -> anyhow::Result<()> {
     let versions: Vec<u64> = written
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            r.with_context(|| format!("writing document {i} ({})", display_key(&keys[i])))
-        })
+        .map(|(i, r)| r.with_context(|| format!("writing document {i} ({})", display_key(&keys[i]))))
         .collect::<anyhow::Result<_>>()?;
     drop(client);
-    println!(
-        "wrote {DOCS} documents {:?} into the test",
-        test_started.elapsed()
-    );
+    println!("wrote {DOCS} documents {:?} into the test", test_started.elapsed());
 
     let stopping = Instant::now();
     for (node, status) in cluster.terminate_all(SIGTERM_EXIT_TIMEOUT).await? {
-        anyhow::ensure!(
-            status.success(),
-            "node {node} exited with {status} after SIGTERM"
-        );
+        anyhow::ensure!(status.success(), "node {node} exited with {status} after SIGTERM");
     }
-    println!(
-        "all nodes exited 0 after SIGTERM in {:?}",
-        stopping.elapsed()
-    );
+    println!("all nodes exited 0 after SIGTERM in {:?}", stopping.elapsed());
 
     let restarting = Instant::now();
     for i in 0..NODES {
         cluster.spawn(i)?;
     }
     cluster.wait_for_leaders(Duration::from_secs(30)).await?;
-    println!(
-        "restarted; every shard has a leader after {:?}",
-        restarting.elapsed()
-    );
+    println!("restarted; every shard has a leader after {:?}", restarting.elapsed());
 
     let client = cluster.client(ClientConfig::default())?;
-    let read: Vec<Result<Option<Document>, ApiError>> = futures::stream::iter(keys.iter())
-        .map(|key| client.get(key))
-        .buffered(16)
-        .collect()
-        .await;
+    let read: Vec<Result<Option<Document>, ApiError>> =
+        futures::stream::iter(keys.iter()).map(|key| client.get(key)).buffered(16).collect().await;
     let mut wrong = Vec::new();
     for (i, r) in read.into_iter().enumerate() {
         let key = display_key(&keys[i]);
         match r {
-            Ok(Some(doc))
-                if parse_value(&doc.value) == Some((i, 1)) && doc.version == versions[i] => {}
+            Ok(Some(doc)) if parse_value(&doc.value) == Some((i, 1)) && doc.version == versions[i] => {}
             Ok(Some(doc)) => wrong.push(format!(
                 "document {i} ({key}): {} at version {}, written at version {}",
                 String::from_utf8_lossy(&doc.value),
                 doc.version,
                 versions[i]
             )),
-            Ok(None) => wrong.push(format!(
-                "document {i} ({key}): lost (written at version {})",
-                versions[i]
-            )),
+            Ok(None) => wrong.push(format!("document {i} ({key}): lost (written at version {})", versions[i])),
             Err(e) => wrong.push(format!("document {i} ({key}): read failed: {e}")),
         }
     }
     for line in wrong.iter().take(20) {
         println!("  {line}");
     }
-    anyhow::ensure!(
-        wrong.is_empty(),
-        "{} of {DOCS} documents did not survive the restart",
-        wrong.len()
-    );
+    anyhow::ensure!(wrong.is_empty(), "{} of {DOCS} documents did not survive the restart", wrong.len());
     println!("all {DOCS} documents read back at their versions");
 
     drop(client);
     for (node, status) in cluster.terminate_all(SIGTERM_EXIT_TIMEOUT).await? {
-        anyhow::ensure!(
-            status.success(),
-            "node {node} exited with {status} after the second SIGTERM"
-        );
+        anyhow::ensure!(status.success(), "node {node} exited with {status} after the second SIGTERM");
     }
     println!("test took {:?}", test_started.elapsed());
+    cluster.finish();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn zz_probe() -> anyhow::Result<()> {
+    let toml = std::env::var("PROBE_TOML").unwrap_or_else(|_| common::TEST_CONFIG_TOML.to_string());
+    let toml = toml.replace("\\n", "\n");
+    println!("config:\n{toml}");
+    let cluster = ProcessCluster::start_with_config(NODES, SHARDS, &toml).await?;
+    let client = cluster.client(ClientConfig::default())?;
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut lat = Vec::new();
+    for i in 0..40 {
+        let key = doc_key(&mut rng, i);
+        let t = Instant::now();
+        client.put(&key, &doc_value(i, 1), None).await?;
+        lat.push(t.elapsed().as_millis());
+    }
+    println!("sequential latencies ms: {lat:?}");
+    for conc in [4usize, 16, 32] {
+        let keys: Vec<Vec<u8>> = (0..400).map(|i| doc_key(&mut rng, i)).collect();
+        let t = Instant::now();
+        let res: Vec<_> = futures::stream::iter(keys.iter())
+            .map(|k| client.put(k, b"{}", None))
+            .buffer_unordered(conc)
+            .collect()
+            .await;
+        let errs = res.iter().filter(|r| r.is_err()).count();
+        println!("concurrency {conc}: 400 puts in {:?}, {errs} errors", t.elapsed());
+    }
+    let warns = cluster.grep_logs(&["no reply"]).len();
+    println!("'no reply' log lines: {warns}");
     cluster.finish();
     Ok(())
 }

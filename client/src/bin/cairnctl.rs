@@ -25,19 +25,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "cairnctl",
-    version,
-    about = "Read, write and inspect a Cairn cluster"
-)]
+#[command(name = "cairnctl", version, about = "Read, write and inspect a Cairn cluster")]
 struct Cli {
     /// Address (host:port) of the node to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "CAIRN_NODE",
-        default_value = "127.0.0.1:7700"
-    )]
+    #[arg(long, global = true, env = "CAIRN_NODE", default_value = "127.0.0.1:7700")]
     node: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
@@ -103,10 +94,7 @@ enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
     };
@@ -129,18 +117,14 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Logs go to stderr; `RUST_LOG=debug` shows every retry.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
@@ -153,16 +137,10 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let client = DirectClient::new(cli.node.clone(), config)?;
     let out = cli.output;
     match cli.command {
-        Command::Put {
-            key,
-            json,
-            expected_version,
-        } => {
+        Command::Put { key, json, expected_version } => {
             let text = if json == "-" { read_stdin()? } else { json };
             let text = validate_json(&text)?;
-            let version = client
-                .put(key.as_bytes(), text.as_bytes(), expected_version)
-                .await?;
+            let version = client.put(key.as_bytes(), text.as_bytes(), expected_version).await?;
             let key = display_key(key.as_bytes());
             print(&match out {
                 Output::Table => render_fields(&[("key", key), ("version", version.to_string())]),
@@ -178,40 +156,26 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 Output::Json => to_json(&DocumentJson::from(&doc))?,
             })?;
         }
-        Command::Delete {
-            key,
-            expected_version,
-        } => {
+        Command::Delete { key, expected_version } => {
             let (deleted, version) = client.delete(key.as_bytes(), expected_version).await?;
             let key = display_key(key.as_bytes());
             if !deleted {
                 return Ok(Outcome::NotFound(key));
             }
             print(&match out {
-                Output::Table => render_fields(&[
-                    ("key", key),
-                    ("deleted", "true".into()),
-                    ("version", version.to_string()),
-                ]),
-                Output::Json => to_json(
-                    &serde_json::json!({ "key": key, "deleted": true, "version": version }),
-                )?,
+                Output::Table => {
+                    render_fields(&[("key", key), ("deleted", "true".into()), ("version", version.to_string())])
+                }
+                Output::Json => to_json(&serde_json::json!({ "key": key, "deleted": true, "version": version }))?,
             })?;
         }
-        Command::Scan {
-            prefix,
-            start,
-            end,
-            limit,
-        } => {
+        Command::Scan { prefix, start, end, limit } => {
             let docs = match prefix {
                 Some(prefix) => client.scan_prefix(prefix.as_bytes(), limit).await?,
                 None => {
                     let start = start.unwrap_or_default();
                     let end = end.unwrap_or_default();
-                    client
-                        .scan_range(start.as_bytes(), end.as_bytes(), limit)
-                        .await?
+                    client.scan_range(start.as_bytes(), end.as_bytes(), limit).await?
                 }
             };
             print(&match out {
@@ -237,9 +201,7 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         Err(human_err) => match s.trim().parse::<f64>() {
             Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))?,
             Err(_) => {
-                return Err(format!(
-                    "{s:?} is not a duration ({human_err}); try \"10s\" or \"500ms\""
-                ));
+                return Err(format!("{s:?} is not a duration ({human_err}); try \"10s\" or \"500ms\""));
             }
         },
     };
@@ -253,10 +215,7 @@ fn read_stdin() -> anyhow::Result<String> {
     let mut buf = Vec::new();
     // One byte more than allowed tells "exactly at the limit" from "over it".
     let limit = MESSAGE_BYTES_MAX as u64 + 1;
-    std::io::stdin()
-        .take(limit)
-        .read_to_end(&mut buf)
-        .context("reading the document from stdin")?;
+    std::io::stdin().take(limit).read_to_end(&mut buf).context("reading the document from stdin")?;
     if buf.len() > MESSAGE_BYTES_MAX {
         bail!("the document on stdin is larger than {MESSAGE_BYTES_MAX} bytes");
     }
@@ -359,11 +318,7 @@ impl From<&ShardStatus> for ShardJson {
             replicas: d
                 .replicas
                 .iter()
-                .map(|r| ReplicaJson {
-                    node: r.node,
-                    addr: r.addr.clone(),
-                    role: r.role,
-                })
+                .map(|r| ReplicaJson { node: r.node, addr: r.addr.clone(), role: r.role })
                 .collect(),
         }
     }
@@ -387,26 +342,16 @@ fn render_document(d: &Document) -> String {
 
 /// A two-column "name  value" listing.
 fn render_fields(fields: &[(&str, String)]) -> String {
-    let rows: Vec<Vec<String>> = fields
-        .iter()
-        .map(|(k, v)| vec![k.to_string(), v.clone()])
-        .collect();
+    let rows: Vec<Vec<String>> = fields.iter().map(|(k, v)| vec![k.to_string(), v.clone()]).collect();
     render_rows(&rows)
 }
 
 fn render_scan(docs: &[Document]) -> String {
-    let mut rows = vec![vec![
-        "KEY".to_string(),
-        "VERSION".to_string(),
-        "VALUE".to_string(),
-    ]];
-    rows.extend(docs.iter().map(|d| {
-        vec![
-            display_key(&d.key),
-            d.version.to_string(),
-            String::from_utf8_lossy(&d.value).into_owned(),
-        ]
-    }));
+    let mut rows = vec![vec!["KEY".to_string(), "VERSION".to_string(), "VALUE".to_string()]];
+    rows.extend(
+        docs.iter()
+            .map(|d| vec![display_key(&d.key), d.version.to_string(), String::from_utf8_lossy(&d.value).into_owned()]),
+    );
     render_rows(&rows)
 }
 
@@ -435,13 +380,7 @@ fn render_shards(shards: &[ShardStatus]) -> String {
 fn render_rows(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
@@ -449,10 +388,7 @@ fn render_rows(rows: &[Vec<String>]) -> String {
         for (c, cell) in row.iter().enumerate() {
             if c + 1 < row.len() {
                 line.push_str(cell);
-                line.extend(std::iter::repeat_n(
-                    ' ',
-                    widths[c] - cell.chars().count() + 2,
-                ));
+                line.extend(std::iter::repeat_n(' ', widths[c] - cell.chars().count() + 2));
             } else {
                 line.push_str(cell);
             }
@@ -492,14 +428,8 @@ mod tests {
 
     #[test]
     fn validates_json_and_keeps_the_text() {
-        assert_eq!(
-            validate_json(" {\"b\": 1,  \"a\": 2}\n").unwrap(),
-            "{\"b\": 1,  \"a\": 2}"
-        );
-        assert_eq!(
-            validate_json("12345678901234567890123").unwrap(),
-            "12345678901234567890123"
-        );
+        assert_eq!(validate_json(" {\"b\": 1,  \"a\": 2}\n").unwrap(), "{\"b\": 1,  \"a\": 2}");
+        assert_eq!(validate_json("12345678901234567890123").unwrap(), "12345678901234567890123");
         assert!(validate_json("{\"a\": }").is_err());
         assert!(validate_json("{} {}").is_err());
         assert!(validate_json("").is_err());
@@ -533,12 +463,7 @@ mod tests {
              longer-key  7        [1]\n"
         );
         let text = render_document(&doc(b"k", "{}"));
-        assert!(
-            text.starts_with(
-                "key         k\nversion     7\ncreated_at  1970-01-01T00:00:00.000Z\n"
-            ),
-            "{text}"
-        );
+        assert!(text.starts_with("key         k\nversion     7\ncreated_at  1970-01-01T00:00:00.000Z\n"), "{text}");
     }
 
     #[test]
@@ -547,15 +472,8 @@ mod tests {
             descriptor: ShardDescriptor {
                 id: ShardId(4),
                 range: KeyRange::new(b"m".to_vec(), Vec::new()),
-                epoch: Epoch {
-                    conf_ver: 2,
-                    version: 3,
-                },
-                replicas: vec![ReplicaDescriptor {
-                    node: NodeId(1),
-                    addr: "h:1".into(),
-                    role: ReplicaRole::Voter,
-                }],
+                epoch: Epoch { conf_ver: 2, version: 3 },
+                replicas: vec![ReplicaDescriptor { node: NodeId(1), addr: "h:1".into(), role: ReplicaRole::Voter }],
             },
             role: RaftRole::Leader,
             leader: Some(NodeId(1)),
@@ -582,20 +500,9 @@ mod tests {
 
     #[test]
     fn cli_parses_global_flags_after_the_subcommand() {
-        let cli = Cli::try_parse_from([
-            "cairnctl",
-            "get",
-            "k",
-            "--output",
-            "json",
-            "--timeout",
-            "500ms",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["cairnctl", "get", "k", "--output", "json", "--timeout", "500ms"]).unwrap();
         assert_eq!(cli.output, Output::Json);
         assert_eq!(cli.timeout, Duration::from_millis(500));
-        assert!(
-            Cli::try_parse_from(["cairnctl", "scan", "--prefix", "a", "--start", "b"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["cairnctl", "scan", "--prefix", "a", "--start", "b"]).is_err());
     }
 }

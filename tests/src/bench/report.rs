@@ -124,7 +124,8 @@ impl Report {
             .iter()
             .flat_map(|(kind, m)| m.iter().map(move |(code, n)| format!("{kind} {code} x{n}")))
             .collect();
-        let _ = writeln!(t, "  errors       {}", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
+        let _ =
+            writeln!(t, "  errors       {}", if errors.is_empty() { "none".to_string() } else { errors.join(", ") });
         for (code, msg) in &self.errors.examples {
             let _ = writeln!(t, "    e.g. {code}: {msg}");
         }

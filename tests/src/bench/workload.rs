@@ -226,7 +226,9 @@ pub async fn reader(
             Ok(None) => {
                 progress.errors.fetch_add(1, Ordering::Relaxed);
                 if recorded {
-                    out.read_errors.note(MISSING, || format!("no document at acknowledged key {}", cairn_proto::display_key(&key)));
+                    out.read_errors.note(MISSING, || {
+                        format!("no document at acknowledged key {}", cairn_proto::display_key(&key))
+                    });
                 }
             }
             Err(e) => {

@@ -132,9 +132,16 @@ fn main() -> anyhow::Result<()> {
 
     // One directory for everything, in the same temp root the cluster's nodes use.
     let dir = tempfile::Builder::new().prefix("cairn-bench-").tempdir()?;
-    eprintln!("[baseline] redb single-writer durable commits in {} for {:?}", dir.path().display(), args.baseline_duration);
+    eprintln!(
+        "[baseline] redb single-writer durable commits in {} for {:?}",
+        dir.path().display(),
+        args.baseline_duration
+    );
     let baseline = baseline::measure(&dir.path().join("baseline"), args.baseline_duration).context("baseline")?;
-    eprintln!("[baseline] {:.1} commits/s, {:.2} fsyncs per commit", baseline.commits_per_sec, baseline.fsyncs_per_commit);
+    eprintln!(
+        "[baseline] {:.1} commits/s, {:.2} fsyncs per commit",
+        baseline.commits_per_sec, baseline.fsyncs_per_commit
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(run_cluster(&args, seed, baseline, dir.path()))?;
@@ -159,9 +166,16 @@ async fn run_cluster(args: &Args, seed: u64, baseline: Baseline, dir: &std::path
     let pool = Arc::new(KeyPool::default());
     if args.readers > 0 {
         eprintln!("[preload] writing {PRELOAD_KEYS} keys for the readers");
-        workload::preload(client.clone(), pool.clone(), PRELOAD_KEYS, PRELOAD_CONCURRENCY, args.value_bytes, seed ^ 0x9e37)
-            .await
-            .context("preloading keys")?;
+        workload::preload(
+            client.clone(),
+            pool.clone(),
+            PRELOAD_KEYS,
+            PRELOAD_CONCURRENCY,
+            args.value_bytes,
+            seed ^ 0x9e37,
+        )
+        .await
+        .context("preloading keys")?;
     }
 
     let begin = Instant::now();
@@ -235,11 +249,8 @@ fn raft_view(cluster: &TestCluster) -> RaftView {
 }
 
 fn raft_delta(before: &RaftView, after: &RaftView) -> RaftDelta {
-    let term_increases = after
-        .terms
-        .iter()
-        .map(|(shard, t)| t.saturating_sub(before.terms.get(shard).copied().unwrap_or(*t)))
-        .sum();
+    let term_increases =
+        after.terms.iter().map(|(shard, t)| t.saturating_sub(before.terms.get(shard).copied().unwrap_or(*t))).sum();
     let leaders_changed = after.leaders.iter().filter(|(shard, l)| before.leaders.get(shard) != Some(l)).count() as u64;
     RaftDelta { term_increases, leaders_changed }
 }

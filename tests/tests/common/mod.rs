@@ -95,11 +95,7 @@ impl ProcessCluster {
     }
 
     /// Like [`start`](Self::start), with `config_toml` as every node's config file.
-    pub async fn start_with_config(
-        n: usize,
-        shards: u32,
-        config_toml: &str,
-    ) -> anyhow::Result<ProcessCluster> {
+    pub async fn start_with_config(n: usize, shards: u32, config_toml: &str) -> anyhow::Result<ProcessCluster> {
         let dir = tempfile::Builder::new().prefix("cairn-proc-").tempdir()?;
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config_toml)?;
@@ -117,19 +113,8 @@ impl ProcessCluster {
             });
             std::fs::create_dir_all(&node_dir)?;
         }
-        let members = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = ProcessCluster {
-            dir: Some(dir),
-            config_path,
-            members,
-            shards,
-            nodes,
-            succeeded: false,
-        };
+        let members = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
+        let mut cluster = ProcessCluster { dir: Some(dir), config_path, members, shards, nodes, succeeded: false };
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -138,10 +123,7 @@ impl ProcessCluster {
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .expect("the directory lives as long as the cluster")
-            .path()
+        self.dir.as_ref().expect("the directory lives as long as the cluster").path()
     }
 
     pub fn addr(&self, i: usize) -> String {
@@ -154,34 +136,17 @@ impl ProcessCluster {
         let node = &mut self.nodes[i];
         anyhow::ensure!(node.child.is_none(), "node {} is already running", node.id);
         node.starts += 1;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)?;
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
         use std::io::Write;
-        writeln!(
-            log,
-            "===== test harness: start #{} of node {} =====",
-            node.starts, node.id
-        )?;
+        writeln!(log, "===== test harness: start #{} of node {} =====", node.starts, node.id)?;
         let child = Command::new(NODE_BIN)
             .arg("server")
             .arg("--config")
             .arg(&self.config_path)
-            .args([
-                "--node-id",
-                &node.id.to_string(),
-                "--listen",
-                &node.addr.to_string(),
-            ])
+            .args(["--node-id", &node.id.to_string(), "--listen", &node.addr.to_string()])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args([
-                "--initial-members",
-                &self.members,
-                "--initial-shards",
-                &self.shards.to_string(),
-            ])
+            .args(["--initial-members", &self.members, "--initial-shards", &self.shards.to_string()])
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
@@ -200,14 +165,9 @@ impl ProcessCluster {
     /// SIGKILLs node `i` and reaps it.
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];
-        let mut child = node
-            .child
-            .take()
-            .with_context(|| format!("node {} is not running", node.id))?;
+        let mut child = node.child.take().with_context(|| format!("node {} is not running", node.id))?;
         // `Child::kill` sends SIGKILL on Unix.
-        child
-            .kill()
-            .with_context(|| format!("killing node {}", node.id))?;
+        child.kill().with_context(|| format!("killing node {}", node.id))?;
         child.wait()?;
         Ok(())
     }
@@ -215,13 +175,8 @@ impl ProcessCluster {
     /// Sends SIGTERM to node `i` without waiting for it to exit.
     pub fn sigterm(&self, i: usize) -> anyhow::Result<()> {
         let node = &self.nodes[i];
-        let pid = node
-            .pid()
-            .with_context(|| format!("node {} is not running", node.id))?;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .context("running kill -TERM")?;
+        let pid = node.pid().with_context(|| format!("node {} is not running", node.id))?;
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().context("running kill -TERM")?;
         anyhow::ensure!(status.success(), "kill -TERM {pid} failed: {status}");
         Ok(())
     }
@@ -231,10 +186,7 @@ impl ProcessCluster {
     pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let node = &mut self.nodes[i];
         let what = format!("node {} to exit", node.id);
-        let child = node
-            .child
-            .as_mut()
-            .with_context(|| format!("node {} is not running", node.id))?;
+        let child = node.child.as_mut().with_context(|| format!("node {} is not running", node.id))?;
         let status = wait_until(&what, timeout, || {
             let polled = child.try_wait();
             async move { polled.ok().flatten() }
@@ -246,13 +198,8 @@ impl ProcessCluster {
 
     /// Sends SIGTERM to every running node, then waits for all of them to exit
     /// within `timeout`; returns each node's exit status.
-    pub async fn terminate_all(
-        &mut self,
-        timeout: Duration,
-    ) -> anyhow::Result<Vec<(NodeId, ExitStatus)>> {
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_running())
-            .collect();
+    pub async fn terminate_all(&mut self, timeout: Duration) -> anyhow::Result<Vec<(NodeId, ExitStatus)>> {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()).collect();
         for &i in &running {
             self.sigterm(i)?;
         }
@@ -272,29 +219,20 @@ impl ProcessCluster {
             };
             if let Some(status) = child.try_wait()? {
                 node.child = None;
-                anyhow::bail!(
-                    "node {} exited unexpectedly: {status} (log: {})",
-                    node.id,
-                    node.log_path.display()
-                );
+                anyhow::bail!("node {} exited unexpectedly: {status} (log: {})", node.id, node.log_path.display());
             }
         }
         Ok(())
     }
 
     pub fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
-        let config = ClientConfig {
-            request_timeout: POLL_RPC_TIMEOUT,
-            ..ClientConfig::default()
-        };
+        let config = ClientConfig { request_timeout: POLL_RPC_TIMEOUT, ..ClientConfig::default() };
         Ok(NodeClient::new(&self.addr(i), &config)?)
     }
 
     /// A routing client seeded with the first running node.
     pub fn client(&self, config: ClientConfig) -> anyhow::Result<DirectClient> {
-        let i = (0..self.nodes.len())
-            .find(|i| self.nodes[*i].is_running())
-            .context("no node is running")?;
+        let i = (0..self.nodes.len()).find(|i| self.nodes[*i].is_running()).context("no node is running")?;
         Ok(DirectClient::new(self.addr(i), config)?)
     }
 
@@ -351,15 +289,9 @@ impl ProcessCluster {
 
     /// Waits until every shard has a leader among the running nodes that all
     /// running nodes agree on; returns shard -> leader node index.
-    pub async fn wait_for_leaders(
-        &mut self,
-        timeout: Duration,
-    ) -> anyhow::Result<BTreeMap<ShardId, usize>> {
+    pub async fn wait_for_leaders(&mut self, timeout: Duration) -> anyhow::Result<BTreeMap<ShardId, usize>> {
         let (shards, ids) = (self.shards, self.ids());
-        self.wait_for_listing("a leader of every shard", timeout, |lists| {
-            agreed_leaders(shards, &ids, lists)
-        })
-        .await
+        self.wait_for_listing("a leader of every shard", timeout, |lists| agreed_leaders(shards, &ids, lists)).await
     }
 
     /// The index of the running node that leads the most shards, and how many.
@@ -381,10 +313,7 @@ impl ProcessCluster {
             && let Some(mut dir) = self.dir.take()
         {
             dir.disable_cleanup(true);
-            println!(
-                "CAIRN_TEST_KEEP_DATA: node data and logs kept in {}",
-                dir.path().display()
-            );
+            println!("CAIRN_TEST_KEEP_DATA: node data and logs kept in {}", dir.path().display());
         }
     }
 
@@ -425,20 +354,13 @@ impl ProcessCluster {
 pub async fn list_nodes(
     clients: Vec<(usize, NodeId, NodeClient)>,
 ) -> anyhow::Result<BTreeMap<usize, Vec<ShardStatus>>> {
-    let lists =
-        futures::future::try_join_all(clients.into_iter().map(|(i, id, client)| async move {
-            let (answered, shards) = client
-                .list_shards()
-                .await
-                .with_context(|| format!("listing the shards of node {id}"))?;
-            anyhow::ensure!(
-                answered == id,
-                "node {id} at {} says it is node {answered}",
-                client.addr()
-            );
-            Ok((i, shards))
-        }))
-        .await?;
+    let lists = futures::future::try_join_all(clients.into_iter().map(|(i, id, client)| async move {
+        let (answered, shards) =
+            client.list_shards().await.with_context(|| format!("listing the shards of node {id}"))?;
+        anyhow::ensure!(answered == id, "node {id} at {} says it is node {answered}", client.addr());
+        Ok((i, shards))
+    }))
+    .await?;
     Ok(lists.into_iter().collect())
 }
 
@@ -459,11 +381,7 @@ pub fn agreed_leaders(
     }
     let all_agree = lists.values().all(|statuses| {
         statuses.len() == shards as usize
-            && statuses.iter().all(|s| {
-                leaders
-                    .get(&s.descriptor.id)
-                    .is_some_and(|&l| s.leader == Some(ids[l]))
-            })
+            && statuses.iter().all(|s| leaders.get(&s.descriptor.id).is_some_and(|&l| s.leader == Some(ids[l])))
     });
     (all_agree && leaders.len() == shards as usize).then_some(leaders)
 }
@@ -483,10 +401,7 @@ impl Drop for ProcessCluster {
             return;
         };
         dir.disable_cleanup(true);
-        eprintln!(
-            "===== test failed; node data and full logs kept in {} =====",
-            dir.path().display()
-        );
+        eprintln!("===== test failed; node data and full logs kept in {} =====", dir.path().display());
         for i in 0..self.nodes.len() {
             eprintln!(
                 "===== last {LOG_TAIL_LINES_MAX} lines of node {} ({}) =====\n{}",
