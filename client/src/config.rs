@@ -33,7 +33,8 @@ pub struct ClientConfig {
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
-    /// The most RPC attempts one logical operation makes. Default 10.
+    /// The most RPC attempts one logical operation makes. Default 20 (with the default
+    /// backoff, about 16 s of waiting: enough to ride out a failover).
     pub max_attempts: u32,
     /// The first backoff delay; it doubles with every attempt. Default 50 ms.
     #[serde(with = "humantime_serde")]
@@ -53,7 +54,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(30),
-            max_attempts: 10,
+            max_attempts: 20,
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(1),
             message_bytes_max: MESSAGE_BYTES_MAX,

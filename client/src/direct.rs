@@ -183,6 +183,10 @@ impl DirectClient {
     {
         let deadline = Instant::now() + self.config.operation_timeout;
         let mut last_err: Option<ApiError> = None;
+        // Addresses that failed as unreachable during this operation: a hint
+        // naming one of them comes from a replica that has not yet noticed its
+        // leader died, and following it would only burn attempts.
+        let mut unreachable: Vec<String> = Vec::new();
         for attempt in 0..self.config.max_attempts {
             let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
@@ -219,6 +223,10 @@ impl DirectClient {
             debug!(op, key = %display_key(key), %shard, %addr, attempt, error = %err, ?action, "attempt failed");
             match action {
                 RetryAction::Fail => return Err(err),
+                RetryAction::Redirect { addr: ref leader_addr, .. } if unreachable.contains(leader_addr) => {
+                    self.update_cache(|shards| routing::forget_leader(shards, shard));
+                    self.backoff(attempt, deadline).await;
+                }
                 RetryAction::Redirect { leader, addr: leader_addr } => {
                     // A node naming itself as leader while refusing to lead is stale; going
                     // straight back would only spin.
@@ -229,6 +237,9 @@ impl DirectClient {
                     }
                 }
                 RetryAction::Backoff => {
+                    if matches!(err, ApiError::Unavailable(_)) && !unreachable.contains(&addr) {
+                        unreachable.push(addr.clone());
+                    }
                     self.update_cache(|shards| routing::forget_leader(shards, shard));
                     self.backoff(attempt, deadline).await;
                 }

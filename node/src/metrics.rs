@@ -85,7 +85,7 @@ pub fn snapshot_received(bytes: u64, elapsed: Duration) {
 }
 
 /// The whole exposition text, with the node's storage counters appended.
-pub fn render(storage: &StorageStats, shards: usize) -> String {
+pub fn render(storage: &StorageStats, shards: usize, quiescent: usize) -> String {
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut out, &metrics().registry) {
         tracing::warn!(error = %e, "metrics encoding failed");
@@ -102,6 +102,9 @@ pub fn render(storage: &StorageStats, shards: usize) -> String {
     }
     out.push_str(&format!(
         "# HELP cairn_shards hosted shard replicas\n# TYPE cairn_shards gauge\ncairn_shards {shards}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP cairn_quiescent_shards hosted replicas whose group sleeps\n# TYPE cairn_quiescent_shards gauge\ncairn_quiescent_shards {quiescent}\n"
     ));
     out.push_str("# EOF\n");
     out

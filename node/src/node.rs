@@ -88,6 +88,7 @@ pub struct Node {
     cancel: CancellationToken,
     server: Mutex<Option<JoinHandle<()>>>,
     metrics_server: Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn now_ms() -> u64 {
@@ -144,6 +145,7 @@ impl Node {
         };
         let shared = Arc::new(NodeShared { id, addr, storage, registry, transport, kv });
         let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone());
+        let background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
         let metrics_server = match config.metrics_listen {
             Some(a) => Some(
                 crate::service::metrics::serve(shared.clone(), a, cancel.clone())
@@ -158,6 +160,7 @@ impl Node {
             cancel,
             server: Mutex::new(Some(server)),
             metrics_server: Mutex::new(metrics_server),
+            background: Mutex::new(background),
         }))
     }
 
@@ -241,6 +244,10 @@ impl Node {
         if let Some(m) = self.metrics_server.lock().expect("metrics handle lock").take() {
             m.abort();
         }
+        let background = std::mem::take(&mut *self.background.lock().expect("background handles lock"));
+        for task in background {
+            let _ = task.await;
+        }
         for replica in self.shared.registry.all() {
             replica.group.shutdown().await;
             self.shared.registry.remove(replica.shard());
@@ -262,6 +269,9 @@ impl Node {
         }
         self.shared.storage.crash();
         self.cancel.cancel();
+        for task in std::mem::take(&mut *self.background.lock().expect("background handles lock")) {
+            task.abort();
+        }
         for replica in self.shared.registry.all() {
             replica.group.shutdown().await;
             self.shared.registry.remove(replica.shard());

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cairn_proto::{NodeId, RaftRole, ShardDescriptor, ShardId};
@@ -45,6 +46,13 @@ pub struct RaftSettings {
     pub max_payload_entries: u64,
     pub install_snapshot_timeout_ms: u64,
     pub read_policy: ReadPolicyKind,
+    /// A group whose leader saw no new entry for this long goes quiescent (no
+    /// ticks, no heartbeats); 0 keeps every group awake. See docs/rfcs/001.
+    pub quiesce_after_ms: u64,
+    /// How often a node pings each peer to detect failures of sleeping leaders.
+    pub peer_ping_interval_ms: u64,
+    /// A peer silent for this long is taken as down: the groups it leads wake.
+    pub peer_down_after_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -58,6 +66,9 @@ impl Default for RaftSettings {
             max_payload_entries: 256,
             install_snapshot_timeout_ms: 60_000,
             read_policy: ReadPolicyKind::ReadIndex,
+            quiesce_after_ms: 10_000,
+            peer_ping_interval_ms: 500,
+            peer_down_after_ms: 2_000,
         }
     }
 }
@@ -75,6 +86,9 @@ impl RaftSettings {
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err("election-timeout-max-ms must exceed election-timeout-min-ms".into());
+        }
+        if self.peer_ping_interval_ms == 0 || self.peer_down_after_ms < 2 * self.peer_ping_interval_ms {
+            return Err("peer-down-after-ms must be at least twice a positive peer-ping-interval-ms".into());
         }
         self.to_openraft().map(|_| ())
     }
@@ -124,6 +138,9 @@ pub struct RaftGroup {
     raft: Raft,
     read_policy: ReadPolicyKind,
     storage: Arc<Storage>,
+    transport: Arc<Transport>,
+    /// Whether openraft's ticker runs; false while the group is quiescent.
+    ticking: AtomicBool,
 }
 
 impl RaftGroup {
@@ -139,11 +156,19 @@ impl RaftGroup {
         let config = settings.to_openraft().map_err(GroupError::Invalid)?;
         let log = LogStore::open(shard, storage.clone()).map_err(|e| GroupError::Unavailable(e.to_string()))?;
         let sm = StateMachine::new(shard, storage.clone(), descriptor);
-        let network = ShardNetworkFactory { router: ShardRouter::new(transport), shard };
+        let network = ShardNetworkFactory { router: ShardRouter::new(transport.clone()), shard };
         let raft = Raft::new(node_id.0, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| GroupError::Unavailable(e.to_string()))?;
-        Ok(Self { shard, node_id: node_id.0, raft, read_policy: settings.read_policy, storage })
+        Ok(Self {
+            shard,
+            node_id: node_id.0,
+            raft,
+            read_policy: settings.read_policy,
+            storage,
+            transport,
+            ticking: AtomicBool::new(true),
+        })
     }
 
     pub fn shard(&self) -> ShardId {
@@ -243,22 +268,116 @@ impl RaftGroup {
         let fatal = |e: String| GroupError::Unavailable(e);
         Ok(match kind {
             MessageKind::AppendEntries => {
-                let req = decode(payload).map_err(invalid)?;
+                let req: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(payload).map_err(invalid)?;
+                if !req.entries.is_empty() {
+                    self.set_ticking(true);
+                }
                 encode(&self.raft.append_entries(req).await.map_err(|e| fatal(e.to_string()))?)
             }
             MessageKind::Vote => {
                 let req = decode(payload).map_err(invalid)?;
+                // Someone is electing: this group's timers must run again.
+                self.set_ticking(true);
                 encode(&self.raft.vote(req).await.map_err(|e| fatal(e.to_string()))?)
             }
             MessageKind::PreVote => {
                 let req = decode(payload).map_err(invalid)?;
+                self.set_ticking(true);
                 encode(&self.raft.pre_vote(req).await.map_err(|e| fatal(e.to_string()))?)
+            }
+            MessageKind::Quiesce => {
+                let (term, leader): (u64, u64) = decode(payload).map_err(invalid)?;
+                let m = self.raft.metrics().borrow_watched().clone();
+                // Sleep only on the word of the leader this replica follows.
+                let agree = m.current_term == term && m.current_leader == Some(leader) && leader != self.node_id;
+                if agree {
+                    self.set_ticking(false);
+                }
+                encode(&agree)
+            }
+            MessageKind::Wake => {
+                self.set_ticking(true);
+                encode(&true)
             }
             MessageKind::TransferLeader => {
                 let req = decode(payload).map_err(invalid)?;
                 encode(&self.raft.handle_transfer_leader(req).await.map_err(|e| fatal(e.to_string()))?)
             }
         })
+    }
+
+    /// Whether the group is quiescent here (its ticker parked).
+    pub fn is_quiescent(&self) -> bool {
+        !self.ticking.load(Ordering::Acquire)
+    }
+
+    /// Starts or parks openraft's ticker (elections, heartbeats) for this replica.
+    pub fn set_ticking(&self, on: bool) {
+        if self.ticking.swap(on, Ordering::AcqRel) != on {
+            self.raft.runtime_config().tick(on);
+            tracing::debug!(shard = %self.shard, ticking = on, "group ticker");
+        }
+    }
+
+    /// Wakes a quiescent group before it serves a request. On the leader the
+    /// followers are told too, without waiting for them.
+    pub fn wake(&self) {
+        if !self.is_quiescent() {
+            return;
+        }
+        self.set_ticking(true);
+        if self.is_leader() {
+            let followers = self.followers();
+            let (transport, shard) = (self.transport.clone(), self.shard.0);
+            tokio::spawn(async move {
+                for f in followers {
+                    let _ =
+                        transport.call(f, shard, MessageKind::Wake, encode(&()), true, Duration::from_secs(1)).await;
+                }
+            });
+        }
+    }
+
+    fn followers(&self) -> Vec<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.node_id).collect()
+    }
+
+    /// On an idle leader whose followers have every entry: puts the followers to
+    /// sleep, then itself. Returns whether the group is now quiescent.
+    pub async fn try_quiesce(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.node_id) || self.is_quiescent() {
+            return false;
+        }
+        let membership = m.membership_config.membership();
+        if membership.get_joint_config().len() != 1 {
+            return false;
+        }
+        let Some(last) = m.last_log_index else { return false };
+        let Some(replication) = &m.replication else { return false };
+        let followers = self.followers();
+        let caught_up = followers
+            .iter()
+            .all(|f| replication.get(f).map(|matched| matched.map(|l| l.index) == Some(last)).unwrap_or(false));
+        if !caught_up || m.last_applied.map(|l| l.index) != Some(last) {
+            return false;
+        }
+        let payload = encode(&(m.current_term, self.node_id));
+        let acks = futures::future::join_all(followers.iter().map(|f| {
+            self.transport.call(*f, self.shard.0, MessageKind::Quiesce, payload.clone(), true, Duration::from_secs(1))
+        }))
+        .await;
+        let all = acks.iter().all(|a| a.as_ref().ok().and_then(|b| decode::<bool>(b).ok()).unwrap_or(false));
+        // A request may have arrived meanwhile; then stay awake (followers wake
+        // on the next append anyway).
+        let still_idle = self.raft.metrics().borrow_watched().last_log_index == Some(last);
+        if all && still_idle {
+            self.set_ticking(false);
+            true
+        } else {
+            false
+        }
     }
 
     /// Asks the group to hand leadership to `to`.

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_proto::ShardId;
 use openraft::AnyError;
@@ -43,11 +44,17 @@ impl ShardRouter {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let payload = encode(req);
-        let reply = self
-            .transport
-            .call(target, shard.0, kind, payload, urgent, option.hard_ttl())
-            .await
-            .map_err(|e| unreachable(&e))?;
+        // openraft gives every RPC the heartbeat interval as its deadline. An
+        // append that carries entries waits for the follower's fsync, which on a
+        // loaded machine can exceed that; timing it out only resends it and
+        // stalls replication. Such appends get the transport's RPC deadline.
+        let timeout = if urgent {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(Duration::from_millis(self.transport.config().rpc_timeout_ms))
+        };
+        let reply =
+            self.transport.call(target, shard.0, kind, payload, urgent, timeout).await.map_err(|e| unreachable(&e))?;
         decode(&reply).map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(format!("bad reply: {e}")))))
     }
 }

@@ -23,7 +23,11 @@ pub async fn serve(
             async move {
                 (
                     [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    crate::metrics::render(&node.storage.stats(), node.registry.len()),
+                    crate::metrics::render(
+                        &node.storage.stats(),
+                        node.registry.len(),
+                        node.registry.all().iter().filter(|r| r.group.is_quiescent()).count(),
+                    ),
                 )
             }
         }),

@@ -14,8 +14,8 @@ use cairn_proto::pb::kv_server::KvServer;
 use cairn_proto::pb::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
 use crate::node::NodeShared;
@@ -38,10 +38,11 @@ pub fn serve(
         .max_decoding_message_size(config.transport.message_bytes_max)
         .max_encoding_message_size(config.transport.message_bytes_max);
     let admin = AdminServer::new(admin::AdminService { node: node.clone() });
-    let incoming = TcpListenerStream::new(listener);
+    // TcpIncoming sets TCP_NODELAY on accepted sockets (the builder's own
+    // tcp_nodelay applies only to listeners tonic binds itself).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .add_service(kv)
             .add_service(raft)

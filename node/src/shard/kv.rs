@@ -129,6 +129,7 @@ impl Kv {
         if stale_ok {
             return Ok(());
         }
+        replica.group.wake();
         replica.group.read_barrier().await.map_err(|e| group_error(replica.shard(), e))
     }
 
@@ -227,6 +228,7 @@ impl Kv {
         session: Session,
         op: KvWrite,
     ) -> Result<CommandResponse, ApiError> {
+        replica.group.wake();
         let cmd = ShardCommand { session, ts_ms: now_ms(), range_version: route.epoch.version, op };
         let response = self
             .with_deadline(async { replica.group.write(cmd).await.map_err(|e| group_error(replica.shard(), e)) })

@@ -3,8 +3,10 @@
 //! - [`registry`]: ShardId -> replica, created and destroyed at run time.
 //! - [`kv`]: request checks (route, epoch, range, limits, JSON) and the read and
 //!   write paths.
+//! - [`quiesce`]: idle groups sleep; a node-level failure detector wakes them.
 
 pub mod kv;
+pub mod quiesce;
 pub mod registry;
 
 pub use registry::{Registry, Replica};

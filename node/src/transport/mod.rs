@@ -65,6 +65,8 @@ pub enum MessageKind {
     Vote,
     PreVote,
     TransferLeader,
+    Quiesce,
+    Wake,
 }
 
 impl MessageKind {
@@ -74,6 +76,8 @@ impl MessageKind {
             MessageKind::Vote => pb::RaftMessageKind::Vote,
             MessageKind::PreVote => pb::RaftMessageKind::PreVote,
             MessageKind::TransferLeader => pb::RaftMessageKind::TransferLeader,
+            MessageKind::Quiesce => pb::RaftMessageKind::Quiesce,
+            MessageKind::Wake => pb::RaftMessageKind::Wake,
         }
     }
 
@@ -83,6 +87,8 @@ impl MessageKind {
             pb::RaftMessageKind::Vote => MessageKind::Vote,
             pb::RaftMessageKind::PreVote => MessageKind::PreVote,
             pb::RaftMessageKind::TransferLeader => MessageKind::TransferLeader,
+            pb::RaftMessageKind::Quiesce => MessageKind::Quiesce,
+            pb::RaftMessageKind::Wake => MessageKind::Wake,
             pb::RaftMessageKind::Unspecified => return None,
         })
     }
@@ -215,6 +221,23 @@ impl Transport {
         };
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(target)),
+        }
+    }
+
+    /// Ids of every peer this node has an address for.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.peers.lock().expect("peers lock poisoned").keys().copied().collect()
+    }
+
+    /// Checks that `target` answers on the shared connection (an empty batch).
+    pub async fn ping(&self, target: u64, timeout: Duration) -> Result<(), TransportError> {
+        let mut client = self.client_for(target)?;
+        let mut req = tonic::Request::new(pb::RaftBatch { from_node: self.node_id, to_node: target, messages: vec![] });
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.send(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(TransportError::Unreachable(target, status.message().to_string())),
             Err(_) => Err(TransportError::Timeout(target)),
         }
     }
