@@ -22,6 +22,7 @@
 //! - Everything is bounded: attempts per operation, total time per operation, backoff
 //!   delay, message sizes, scan page sizes and the number of nodes asked during a refresh.
 
+pub mod cli;
 pub mod config;
 pub mod direct;
 pub mod node_client;

@@ -1,4 +1,6 @@
-//! `cairnctl`: the admin and data CLI of Cairn.
+//! `cairnctl`: the admin and data CLI of Cairn. The binary lives in the `cairn-node`
+//! package (so `cargo run --bin cairnctl` works from the workspace root) and calls
+//! [`main`].
 //!
 //! It talks to the cluster through one node (`--node`, a [`DirectClient`] seed) until the
 //! placement driver exists. Keys on the command line are UTF-8 strings and are printed
@@ -16,9 +18,9 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::config::MESSAGE_BYTES_MAX;
+use crate::{ClientConfig, DirectClient};
 use anyhow::{Context, bail};
-use cairn_client::config::MESSAGE_BYTES_MAX;
-use cairn_client::{ClientConfig, DirectClient};
 use cairn_proto::{Document, Epoch, NodeId, RaftRole, ReplicaRole, ShardStatus, display_key};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -91,7 +93,8 @@ enum Outcome {
     NotFound(String),
 }
 
-fn main() -> ExitCode {
+/// Entry point of the `cairnctl` binary.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

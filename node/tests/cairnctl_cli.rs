@@ -1,0 +1,102 @@
+//! The real `cairnctl` binary against a real node: output contract and exit codes.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use cairn_node::{Node, NodeConfig};
+
+/// Runs `cairnctl` against `node`; returns (exit code, stdout, stderr).
+async fn cairnctl(node: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
+    cmd.args(["--node", node, "--timeout", "5s"]).args(args);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let stdin = stdin.map(str::to_string);
+    // The node runs on this test's runtime, so the blocking wait goes elsewhere.
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("spawn cairnctl");
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(pipe);
+        child.wait_with_output().expect("wait for cairnctl")
+    })
+    .await
+    .expect("join");
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairnctl_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = NodeConfig {
+        node_id: 1,
+        listen: addr,
+        data_dir: dir.path().to_path_buf(),
+        initial_members: vec![(1, addr.to_string())],
+        initial_shards: 2,
+        ..NodeConfig::default()
+    };
+    let node = Node::start_with_listener(config, listener).await.unwrap();
+    let node_addr = addr.to_string();
+    let node_addr = node_addr.as_str();
+
+    // The single-node groups elect themselves; cairnctl's retries ride that out.
+    let (code, out, err) =
+        cairnctl(node_addr, &["put", "user:1", r#"{"name": "ada", "n": 12345678901234567890}"#], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("key      user:1\nversion  "), "{out}");
+
+    let (code, out, err) = cairnctl(node_addr, &["--output", "json", "put", "user:2", "-"], Some("[1, 2]\n")).await;
+    assert_eq!(code, 0, "{err}");
+    let put: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(put["key"], "user:2");
+
+    let (code, out, err) = cairnctl(node_addr, &["get", "user:1", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""value": {"name": "ada", "n": 12345678901234567890}"#), "stored text kept: {out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["key"], "user:1");
+    assert_eq!(doc["value"]["name"], "ada");
+
+    let (code, out, _) = cairnctl(node_addr, &["scan", "--prefix", "user:"], None).await;
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("KEY     VERSION  VALUE"), "{out}");
+    assert!(lines[2].starts_with("user:2  ") && lines[2].ends_with("[1, 2]"), "{out}");
+
+    let (code, out, _) = cairnctl(node_addr, &["shards", "--output", "json"], None).await;
+    assert_eq!(code, 0);
+    let shards: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shards.as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(shards[1]["start"], "0x8000");
+    assert_eq!(shards[1]["epoch"]["conf_ver"], 1);
+    assert_eq!(shards[1]["replicas"].as_array().unwrap().len(), 1);
+    assert_eq!(shards[1]["role"], "leader");
+    let (code, out, _) = cairnctl(node_addr, &["shards"], None).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID  RANGE"), "{out}");
+
+    let (code, out, err) = cairnctl(node_addr, &["get", "nobody"], None).await;
+    assert_eq!((code, out.as_str(), err.as_str()), (1, "", "error: not found: nobody\n"));
+
+    let (code, _, err) = cairnctl(node_addr, &["delete", "user:2", "--expected-version", "999"], None).await;
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: CONDITION_FAILED"), "{err}");
+    let (code, _, _) = cairnctl(node_addr, &["delete", "user:2"], None).await;
+    assert_eq!(code, 0);
+    let (code, _, _) = cairnctl(node_addr, &["delete", "user:2"], None).await;
+    assert_eq!(code, 1);
+
+    let (code, _, err) = cairnctl(node_addr, &["put", "k", "{not json"], None).await;
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: invalid JSON document") && err.lines().count() == 1, "{err}");
+
+    let (code, _, err) = cairnctl("127.0.0.1:1", &["--timeout", "1s", "get", "k"], None).await;
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: "), "{err}");
+    node.shutdown().await;
+}
