@@ -161,19 +161,29 @@ fn execute(
         Some(0) => cur.is_none(),
         Some(v) => cur.as_ref().map(|d| d.version) == Some(v),
     };
+    // Writes `value` at this entry's index, keeping the creation time of the
+    // document it replaces.
+    let store = |docs: &mut redb::Table<(u64, &[u8]), &[u8]>,
+                 key: &[u8],
+                 value: &[u8],
+                 cur: Option<StoredDoc>|
+     -> Result<(), StorageError> {
+        let doc = StoredDoc {
+            version: index,
+            created_at_ms: cur.map(|d| d.created_at_ms).unwrap_or(cmd.ts_ms),
+            updated_at_ms: cmd.ts_ms,
+            value: value.to_vec(),
+        };
+        docs.insert((data_id, key), encode_sealed(&doc).as_slice())?;
+        Ok(())
+    };
     Ok(match &cmd.op {
         KvWrite::Put { key, value, expected_version } => {
             let cur = current(docs, key)?;
             if !condition_holds(&cur, *expected_version) {
                 return Ok(CommandResponse::ConditionFailed { current_version: cur.map(|d| d.version).unwrap_or(0) });
             }
-            let doc = StoredDoc {
-                version: index,
-                created_at_ms: cur.map(|d| d.created_at_ms).unwrap_or(cmd.ts_ms),
-                updated_at_ms: cmd.ts_ms,
-                value: value.clone(),
-            };
-            docs.insert((data_id, key.as_slice()), encode_sealed(&doc).as_slice())?;
+            store(docs, key, value, cur)?;
             CommandResponse::Put { version: index }
         }
         KvWrite::Delete { key, expected_version } => {
@@ -190,13 +200,7 @@ fn execute(
         KvWrite::BatchPut { items } => {
             for (key, value) in items {
                 let cur = current(docs, key)?;
-                let doc = StoredDoc {
-                    version: index,
-                    created_at_ms: cur.map(|d| d.created_at_ms).unwrap_or(cmd.ts_ms),
-                    updated_at_ms: cmd.ts_ms,
-                    value: value.clone(),
-                };
-                docs.insert((data_id, key.as_slice()), encode_sealed(&doc).as_slice())?;
+                store(docs, key, value, cur)?;
             }
             CommandResponse::BatchPut { version: index }
         }
@@ -236,4 +240,92 @@ fn sweep_sessions(
         clients.remove((data_id, client))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::{Epoch, KeyRange, Session, ShardDescriptor, ShardId};
+
+    use super::*;
+    use crate::storage::{Storage, StorageConfig, WriteOp};
+
+    async fn shard() -> (tempfile::TempDir, std::sync::Arc<Storage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db"), StorageConfig::default()).unwrap();
+        let record = ShardRecord {
+            descriptor: ShardDescriptor {
+                id: ShardId(1),
+                range: KeyRange::new(b"a".to_vec(), b"m".to_vec()),
+                epoch: Epoch { conf_ver: 1, version: 3 },
+                replicas: vec![],
+            },
+            data_id: 0,
+            applied_index: 0,
+            applied_log_id: None,
+            membership: None,
+        };
+        storage.call(|done| WriteOp::CreateShard { record, done }).await.unwrap();
+        (dir, storage)
+    }
+
+    fn put(index: u64, client: u64, seq: u64, key: &[u8], expected: Option<u64>, range_version: u64) -> ApplyItem {
+        ApplyItem::Command {
+            index,
+            cmd: ShardCommand {
+                session: Session { client_id: client, seq, acked_below: 0 },
+                ts_ms: 1000 + index,
+                range_version,
+                op: KvWrite::Put {
+                    key: key.to_vec(),
+                    value: format!("{index}").into_bytes(),
+                    expected_version: expected,
+                },
+            },
+        }
+    }
+
+    async fn apply(storage: &Storage, items: Vec<ApplyItem>) -> Vec<CommandResponse> {
+        let batch = ApplyBatch { items, last_applied_log_id: vec![], membership: None };
+        storage.call(|done| WriteOp::Apply { shard: 1, batch, done }).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_sessions_and_routing_checks() {
+        let (_dir, storage) = shard().await;
+        let r = apply(
+            &storage,
+            vec![
+                put(1, 7, 1, b"b", Some(0), 3), // create: must not exist
+                put(2, 8, 1, b"b", Some(0), 3), // fails: exists at 1
+                put(3, 8, 2, b"b", Some(1), 3), // CAS at the right version
+                put(4, 7, 1, b"b", None, 3),    // retry of client 7 seq 1: answered, not run
+                put(5, 9, 1, b"z", None, 3),    // outside the range
+                put(6, 9, 2, b"c", None, 2),    // stale range version
+                put(7, 9, 2, b"c", None, 3),    // the same seq after a refresh runs
+            ],
+        )
+        .await;
+        assert_eq!(
+            r,
+            vec![
+                CommandResponse::Put { version: 1 },
+                CommandResponse::ConditionFailed { current_version: 1 },
+                CommandResponse::Put { version: 3 },
+                CommandResponse::Put { version: 1 },
+                CommandResponse::KeyNotInShard,
+                CommandResponse::EpochMismatch,
+                CommandResponse::Put { version: 7 },
+            ]
+        );
+        let doc = storage.read_docs(ShardId(1), |rec, d| {
+            assert_eq!(rec.applied_index, 7);
+            d.get(b"b")
+        });
+        let doc = doc.unwrap().unwrap();
+        // The retry did not overwrite the CAS write; created-at is kept.
+        assert_eq!(
+            (doc.version, doc.value.as_slice(), doc.created_at_ms, doc.updated_at_ms),
+            (3, &b"3"[..], 1001, 1003)
+        );
+    }
 }
