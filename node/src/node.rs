@@ -49,6 +49,43 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
+    /// Creates a replica of a shard on this node at run time and starts its Raft
+    /// group. `members`, when given, initialises a new group with those voters;
+    /// a replica joining an existing group starts empty and is filled by its
+    /// leader (log or snapshot).
+    pub async fn create_replica(
+        &self,
+        descriptor: ShardDescriptor,
+        members: Option<&[(NodeId, String)]>,
+        config: &NodeConfig,
+    ) -> Result<(), NodeError> {
+        let shard = descriptor.id;
+        let record = ShardRecord { descriptor, data_id: 0, applied_index: 0, applied_log_id: None, membership: None };
+        self.storage.call(|done| WriteOp::CreateShard { record, done }).await?;
+        let record = self.storage.shard_record(shard)?.ok_or(StorageError::ShardMissing(shard.0))?;
+        let (tx, rx) = watch::channel(record.descriptor.clone());
+        let group = RaftGroup::start(self.id, shard, self.storage.clone(), self.transport.clone(), &config.raft, tx)
+            .await
+            .map_err(|source| NodeError::Group { shard, source })?;
+        if let Some(members) = members {
+            group.initialize(members).await.map_err(|source| NodeError::Group { shard, source })?;
+        }
+        self.registry.insert(Arc::new(Replica { group, descriptor: rx }));
+        tracing::info!(%shard, "replica created");
+        Ok(())
+    }
+
+    /// Stops a replica and deletes it from this node: its record, log and
+    /// metadata at once, its documents in the background.
+    pub async fn destroy_replica(&self, shard: ShardId) -> Result<(), NodeError> {
+        if let Some(replica) = self.registry.remove(shard) {
+            replica.group.shutdown().await;
+        }
+        self.storage.call(|done| WriteOp::DestroyShard { shard: shard.0, done }).await?;
+        tracing::info!(%shard, "replica destroyed");
+        Ok(())
+    }
+
     pub fn stats(&self) -> NodeStats {
         let s = self.storage.stats();
         NodeStats {

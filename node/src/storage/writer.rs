@@ -86,6 +86,12 @@ pub enum WriteOp {
     DiscardStaging {
         data_id: u64,
     },
+    /// Deletes a replica: its record, Raft log and metadata now; its documents
+    /// and sessions in the background.
+    DestroyShard {
+        shard: u64,
+        done: Reply<()>,
+    },
     PutNodeMeta {
         key: &'static str,
         value: Vec<u8>,
@@ -119,6 +125,7 @@ impl WriteOp {
             | WriteOp::StageRecords { done, .. }
             | WriteOp::InstallSnapshot { done, .. }
             | WriteOp::PutNodeMeta { done, .. }
+            | WriteOp::DestroyShard { done, .. }
             | WriteOp::Barrier { done } => {
                 let _ = done.send(Err(err));
             }
@@ -265,8 +272,12 @@ impl Writer {
                 .iter()
                 .map(|op| if let WriteOp::AppendLog { entries, .. } = op { entries.len() as u64 } else { 0 })
                 .sum();
-            garbage |=
-                ops.iter().any(|op| matches!(op, WriteOp::InstallSnapshot { .. } | WriteOp::DiscardStaging { .. }));
+            garbage |= ops.iter().any(|op| {
+                matches!(
+                    op,
+                    WriteOp::InstallSnapshot { .. } | WriteOp::DiscardStaging { .. } | WriteOp::DestroyShard { .. }
+                )
+            });
             let mut txn = match self.db.begin_write() {
                 Ok(t) => t,
                 Err(e) => {
@@ -445,6 +456,7 @@ fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, O
                     | WriteOp::StageRecords { done, .. }
                     | WriteOp::InstallSnapshot { done, .. }
                     | WriteOp::PutNodeMeta { done, .. }
+                    | WriteOp::DestroyShard { done, .. }
                     | WriteOp::Barrier { done } => Done::Unit(done),
                     _ => Done::Nothing,
                 }),
@@ -534,6 +546,26 @@ fn execute_unit(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StorageError
         }
         WriteOp::DiscardStaging { data_id } => {
             txn.open_table(DATA_GC)?.insert(*data_id, GC_GARBAGE)?;
+        }
+        WriteOp::DestroyShard { shard, .. } => {
+            let mut shards = txn.open_table(SHARDS)?;
+            let record = match shards.remove(*shard)? {
+                Some(v) => super::codec::decode_sealed::<ShardRecord>(v.value())?,
+                None => return Err(StorageError::ShardMissing(*shard)),
+            };
+            txn.open_table(DATA_GC)?.insert(record.data_id, GC_GARBAGE)?;
+            let mut log = txn.open_table(RAFT_LOG)?;
+            let keys: Vec<u64> = log
+                .range((*shard, 0)..=(*shard, u64::MAX))?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for i in keys {
+                log.remove((*shard, i))?;
+            }
+            let mut meta = txn.open_table(RAFT_META)?;
+            for name in [META_VOTE, META_COMMITTED, META_PURGED] {
+                meta.remove((*shard, name))?;
+            }
         }
         WriteOp::PutNodeMeta { key, value, .. } => {
             txn.open_table(NODE_META)?.insert(*key, encode_sealed_bytes(value).as_slice())?;
