@@ -115,9 +115,11 @@ impl WriteOp {
         )
     }
 
-    fn fail(self, err: StorageError) {
+    /// The reply channel of an op answered with `()`, or the op itself.
+    // The error side is the op handed back unchanged, not an error to shrink.
+    #[allow(clippy::result_large_err)]
+    fn into_unit_reply(self) -> Result<Reply<()>, WriteOp> {
         match self {
-            WriteOp::AppendLog { done, .. } => done(Err(err)),
             WriteOp::TruncateLog { done, .. }
             | WriteOp::PurgeLog { done, .. }
             | WriteOp::SaveVote { done, .. }
@@ -126,16 +128,28 @@ impl WriteOp {
             | WriteOp::InstallSnapshot { done, .. }
             | WriteOp::PutNodeMeta { done, .. }
             | WriteOp::DestroyShard { done, .. }
-            | WriteOp::Barrier { done } => {
+            | WriteOp::Barrier { done } => Ok(done),
+            other => Err(other),
+        }
+    }
+
+    fn fail(self, err: StorageError) {
+        let op = match self.into_unit_reply() {
+            Ok(done) => {
                 let _ = done.send(Err(err));
+                return;
             }
+            Err(op) => op,
+        };
+        match op {
+            WriteOp::AppendLog { done, .. } => done(Err(err)),
             WriteOp::Apply { done, .. } => {
                 let _ = done.send(Err(err));
             }
             WriteOp::AllocStaging { done } => {
                 let _ = done.send(Err(err));
             }
-            WriteOp::SaveCommitted { .. } | WriteOp::DiscardStaging { .. } => {}
+            _ => {}
         }
     }
 }
@@ -448,17 +462,9 @@ fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, O
         other => {
             let r = execute_unit(txn, &other);
             match r {
-                Ok(()) => Ok(match other {
-                    WriteOp::TruncateLog { done, .. }
-                    | WriteOp::PurgeLog { done, .. }
-                    | WriteOp::SaveVote { done, .. }
-                    | WriteOp::CreateShard { done, .. }
-                    | WriteOp::StageRecords { done, .. }
-                    | WriteOp::InstallSnapshot { done, .. }
-                    | WriteOp::PutNodeMeta { done, .. }
-                    | WriteOp::DestroyShard { done, .. }
-                    | WriteOp::Barrier { done } => Done::Unit(done),
-                    _ => Done::Nothing,
+                Ok(()) => Ok(match other.into_unit_reply() {
+                    Ok(done) => Done::Unit(done),
+                    Err(_) => Done::Nothing,
                 }),
                 Err(e) => Err((e, Some(Box::new(other)))),
             }
