@@ -12,7 +12,7 @@ use crate::transport::TransportConfig;
 /// Request limits. Inputs over a limit get `TOO_LARGE` (sizes) or
 /// `INVALID_ARGUMENT` (counts) and change nothing.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Limits {
     pub key_bytes_max: usize,
     pub value_bytes_max: usize,
@@ -37,7 +37,7 @@ impl Default for Limits {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id; must be unique in the cluster and stable across restarts.
     pub node_id: u64,
@@ -171,6 +171,13 @@ mod tests {
         assert_eq!(c.node_id, 4);
         assert_eq!(c.raft.heartbeat_interval_ms, 100);
         assert_eq!(c.raft.election_timeout_min_ms, RaftSettings::default().election_timeout_min_ms);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<NodeConfig>("node-id = 4\nlisten-addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen-addr"), "{err}");
+        assert!(toml::from_str::<NodeConfig>("[raft]\nheartbeat-ms = 1\n").is_err());
     }
 
     #[test]

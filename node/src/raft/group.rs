@@ -32,7 +32,7 @@ pub enum ReadPolicyKind {
 
 /// Raft timing and log retention, shared by every group of a node.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RaftSettings {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,

@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 pub use self::snapshot::SnapshotOffer;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TransportConfig {
     /// Messages queued per peer before senders wait.
     pub queue_msgs_max: usize,
