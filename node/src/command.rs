@@ -37,6 +37,27 @@ pub enum KvWrite {
     BatchPut {
         items: Vec<(Vec<u8>, Vec<u8>)>,
     },
+    /// If every compare holds, every op is applied atomically at one log index
+    /// (etcd's Txn without the else branch). Used by the placement driver.
+    Txn {
+        /// (key, expected version); 0 = the key must not exist.
+        compares: Vec<(Vec<u8>, u64)>,
+        ops: Vec<TxnOp>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
 }
 
 impl KvWrite {
@@ -44,6 +65,9 @@ impl KvWrite {
         match self {
             KvWrite::Put { key, .. } | KvWrite::Delete { key, .. } => vec![key.as_slice()],
             KvWrite::BatchPut { items } => items.iter().map(|(k, _)| k.as_slice()).collect(),
+            KvWrite::Txn { compares, ops } => {
+                compares.iter().map(|(k, _)| k.as_slice()).chain(ops.iter().map(TxnOp::key)).collect()
+            }
         }
     }
 }
@@ -62,6 +86,9 @@ pub enum CommandResponse {
         version: u64,
     },
     BatchPut {
+        version: u64,
+    },
+    Txn {
         version: u64,
     },
     ConditionFailed {
@@ -88,6 +115,7 @@ impl std::fmt::Display for ShardCommand {
             KvWrite::Put { .. } => ("put", 1),
             KvWrite::Delete { .. } => ("delete", 1),
             KvWrite::BatchPut { items } => ("batch_put", items.len()),
+            KvWrite::Txn { ops, .. } => ("txn", ops.len()),
         };
         write!(f, "{op}(keys={keys}, client={}, seq={})", self.session.client_id, self.session.seq)
     }

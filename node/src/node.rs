@@ -60,7 +60,14 @@ impl NodeShared {
         config: &NodeConfig,
     ) -> Result<(), NodeError> {
         let shard = descriptor.id;
-        let record = ShardRecord { descriptor, data_id: 0, applied_index: 0, applied_log_id: None, membership: None };
+        let record = ShardRecord {
+            descriptor,
+            data_id: 0,
+            applied_index: 0,
+            applied_log_id: None,
+            membership: None,
+            stats: Default::default(),
+        };
         self.storage.call(|done| WriteOp::CreateShard { record, done }).await?;
         let record = self.storage.shard_record(shard)?.ok_or(StorageError::ShardMissing(shard.0))?;
         let (tx, rx) = watch::channel(record.descriptor.clone());
@@ -249,6 +256,7 @@ impl Node {
                 applied_index: 0,
                 applied_log_id: None,
                 membership: None,
+                stats: Default::default(),
             };
             storage.call(|done| WriteOp::CreateShard { record, done }).await?;
         }

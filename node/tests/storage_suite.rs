@@ -31,6 +31,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             applied_index: 0,
             applied_log_id: None,
             membership: None,
+            stats: Default::default(),
         };
         storage.call(|done| WriteOp::CreateShard { record, done }).await.expect("create shard");
         let log = LogStore::open(shard, storage.clone()).expect("log store");

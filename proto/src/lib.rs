@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod pd;
 pub mod types;
 
 /// Generated protobuf and gRPC code. Only service edges should touch it.
@@ -19,4 +20,5 @@ pub mod pb {
 }
 
 pub use error::{ApiError, ErrorCode};
+pub use pd::*;
 pub use types::*;

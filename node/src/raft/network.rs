@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use super::types::{Snapshot, TypeConfig, Vote};
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::SnapshotView;
+use crate::storage::tables::SnapshotShardState;
 use crate::transport::{MessageKind, SnapshotOffer, Transport, TransportError};
 
 #[derive(Clone)]
@@ -111,7 +112,10 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
             shard: group_id.0,
             vote: encode(&vote),
             meta: encode(&snapshot.meta),
-            shard_state: encode(&snapshot.snapshot.record.descriptor),
+            shard_state: encode(&SnapshotShardState {
+                descriptor: snapshot.snapshot.record.descriptor.clone(),
+                stats: snapshot.snapshot.record.stats,
+            }),
         };
         let reader = snapshot.snapshot.reader();
         let started = std::time::Instant::now();

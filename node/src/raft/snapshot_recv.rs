@@ -3,14 +3,14 @@
 //! staged view to openraft, which installs it through the state machine.
 //! On any failure the staged data is discarded and the shard is unchanged.
 
-use cairn_proto::{ApiError, ShardDescriptor};
+use cairn_proto::ApiError;
 
 use super::group::RaftGroup;
 use super::types::{Snapshot, SnapshotMeta, Vote};
 use crate::storage::WriteOp;
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::{SnapshotRecord, SnapshotView};
-use crate::storage::tables::ShardRecord;
+use crate::storage::tables::{ShardRecord, SnapshotShardState};
 
 /// One part of an incoming snapshot stream, already taken off the wire.
 pub enum SnapshotPart {
@@ -32,7 +32,8 @@ impl RaftGroup {
         let bad = |what: String| ApiError::InvalidArgument(format!("snapshot for shard {}: {what}", self.shard()));
         let vote: Vote = decode(&vote).map_err(|e| bad(format!("vote: {e}")))?;
         let meta: SnapshotMeta = decode(&meta).map_err(|e| bad(format!("meta: {e}")))?;
-        let descriptor: ShardDescriptor = decode(&shard_state).map_err(|e| bad(format!("descriptor: {e}")))?;
+        let SnapshotShardState { descriptor, stats } =
+            decode(&shard_state).map_err(|e| bad(format!("shard state: {e}")))?;
         if descriptor.id != self.shard() {
             return Err(bad(format!("descriptor names shard {}", descriptor.id)));
         }
@@ -94,6 +95,7 @@ impl RaftGroup {
             applied_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
             applied_log_id: meta.last_log_id.map(|l| encode(&l)),
             membership: Some(encode(&meta.last_membership)),
+            stats,
         };
         let txn = storage.begin_read().map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let view = SnapshotView { record, txn: std::sync::Arc::new(txn) };

@@ -11,7 +11,7 @@ use redb::{ReadableTable, WriteTransaction};
 use super::StorageError;
 use super::codec::{decode_sealed, encode_sealed};
 use super::tables::*;
-use crate::command::{CommandResponse, KvWrite, ShardCommand};
+use crate::command::{CommandResponse, KvWrite, ShardCommand, TxnOp};
 
 /// Session responses of a client idle this long are forgotten.
 pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
@@ -105,7 +105,7 @@ pub(super) fn apply_batch(
                     // A retry of a write that already ran: answer as the first time.
                     Some(response) => response,
                     None => {
-                        let response = execute(&mut docs, data_id, &record, index, &cmd)?;
+                        let response = execute(&mut docs, data_id, &mut record, index, &cmd)?;
                         if session.client_id != 0 && response.is_final() {
                             sessions.insert(
                                 (data_id, session.client_id, session.seq),
@@ -139,7 +139,7 @@ pub(super) fn apply_batch(
 fn execute(
     docs: &mut redb::Table<(u64, &[u8]), &[u8]>,
     data_id: u64,
-    record: &ShardRecord,
+    record: &mut ShardRecord,
     index: u64,
     cmd: &ShardCommand,
 ) -> Result<CommandResponse, StorageError> {
@@ -161,50 +161,88 @@ fn execute(
         Some(0) => cur.is_none(),
         Some(v) => cur.as_ref().map(|d| d.version) == Some(v),
     };
-    // Writes `value` at this entry's index, keeping the creation time of the
-    // document it replaces.
-    let store = |docs: &mut redb::Table<(u64, &[u8]), &[u8]>,
-                 key: &[u8],
-                 value: &[u8],
-                 cur: Option<StoredDoc>|
-     -> Result<(), StorageError> {
-        let doc = StoredDoc {
-            version: index,
-            created_at_ms: cur.map(|d| d.created_at_ms).unwrap_or(cmd.ts_ms),
-            updated_at_ms: cmd.ts_ms,
-            value: value.to_vec(),
-        };
-        docs.insert((data_id, key), encode_sealed(&doc).as_slice())?;
-        Ok(())
-    };
+    let stats = &mut record.stats;
+    let mut w = DocWriter { docs, data_id, index, ts_ms: cmd.ts_ms, stats };
     Ok(match &cmd.op {
         KvWrite::Put { key, value, expected_version } => {
-            let cur = current(docs, key)?;
+            let cur = current(w.docs, key)?;
             if !condition_holds(&cur, *expected_version) {
                 return Ok(CommandResponse::ConditionFailed { current_version: cur.map(|d| d.version).unwrap_or(0) });
             }
-            store(docs, key, value, cur)?;
+            w.store(key, value, cur)?;
             CommandResponse::Put { version: index }
         }
         KvWrite::Delete { key, expected_version } => {
-            let cur = current(docs, key)?;
+            let cur = current(w.docs, key)?;
             if !condition_holds(&cur, *expected_version) {
                 return Ok(CommandResponse::ConditionFailed { current_version: cur.map(|d| d.version).unwrap_or(0) });
             }
             let deleted = cur.is_some();
-            if deleted {
-                docs.remove((data_id, key.as_slice()))?;
-            }
+            w.remove(key, cur)?;
             CommandResponse::Delete { deleted, version: index }
         }
         KvWrite::BatchPut { items } => {
             for (key, value) in items {
-                let cur = current(docs, key)?;
-                store(docs, key, value, cur)?;
+                let cur = current(w.docs, key)?;
+                w.store(key, value, cur)?;
             }
             CommandResponse::BatchPut { version: index }
         }
+        KvWrite::Txn { compares, ops } => {
+            for (key, expected) in compares {
+                let cur = current(w.docs, key)?;
+                if !condition_holds(&cur, Some(*expected)) {
+                    return Ok(CommandResponse::ConditionFailed {
+                        current_version: cur.map(|d| d.version).unwrap_or(0),
+                    });
+                }
+            }
+            for op in ops {
+                let cur = current(w.docs, op.key())?;
+                match op {
+                    TxnOp::Put { key, value } => w.store(key, value, cur)?,
+                    TxnOp::Delete { key } => w.remove(key, cur)?,
+                }
+            }
+            CommandResponse::Txn { version: index }
+        }
     })
+}
+
+/// Writes documents of one shard at one log index, keeping its stats exact.
+struct DocWriter<'a, 't> {
+    docs: &'a mut redb::Table<'t, (u64, &'static [u8]), &'static [u8]>,
+    data_id: u64,
+    index: u64,
+    ts_ms: u64,
+    stats: &'a mut DataStats,
+}
+
+impl DocWriter<'_, '_> {
+    /// Writes `value` at this entry's index, keeping the creation time of the
+    /// document it replaces.
+    fn store(&mut self, key: &[u8], value: &[u8], cur: Option<StoredDoc>) -> Result<(), StorageError> {
+        if let Some(old) = &cur {
+            self.stats.remove(key, &old.value);
+        }
+        self.stats.add(key, value);
+        let doc = StoredDoc {
+            version: self.index,
+            created_at_ms: cur.map(|d| d.created_at_ms).unwrap_or(self.ts_ms),
+            updated_at_ms: self.ts_ms,
+            value: value.to_vec(),
+        };
+        self.docs.insert((self.data_id, key), encode_sealed(&doc).as_slice())?;
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8], cur: Option<StoredDoc>) -> Result<(), StorageError> {
+        if let Some(old) = cur {
+            self.stats.remove(key, &old.value);
+            self.docs.remove((self.data_id, key))?;
+        }
+        Ok(())
+    }
 }
 
 fn collect_keys(
@@ -263,6 +301,7 @@ mod tests {
             applied_index: 0,
             applied_log_id: None,
             membership: None,
+            stats: Default::default(),
         };
         storage.call(|done| WriteOp::CreateShard { record, done }).await.unwrap();
         (dir, storage)
@@ -327,5 +366,60 @@ mod tests {
             (doc.version, doc.value.as_slice(), doc.created_at_ms, doc.updated_at_ms),
             (3, &b"3"[..], 1001, 1003)
         );
+    }
+
+    fn cmd(index: u64, op: KvWrite) -> ApplyItem {
+        ApplyItem::Command {
+            index,
+            cmd: ShardCommand { session: Session::default(), ts_ms: index, range_version: 3, op },
+        }
+    }
+
+    #[tokio::test]
+    async fn txn_is_all_or_nothing_and_stats_stay_exact() {
+        let (_dir, storage) = shard().await;
+        let put = |k: &[u8], v: &[u8]| TxnOp::Put { key: k.to_vec(), value: v.to_vec() };
+        let r = apply(
+            &storage,
+            vec![
+                cmd(
+                    1,
+                    KvWrite::Txn { compares: vec![(b"b".to_vec(), 0)], ops: vec![put(b"b", b"12"), put(b"c", b"3")] },
+                ),
+                // "b" exists now: nothing of this one happens.
+                cmd(2, KvWrite::Txn { compares: vec![(b"b".to_vec(), 0)], ops: vec![put(b"d", b"4")] }),
+                cmd(
+                    3,
+                    KvWrite::Txn {
+                        compares: vec![(b"b".to_vec(), 1), (b"c".to_vec(), 1)],
+                        ops: vec![put(b"b", b"1"), TxnOp::Delete { key: b"c".to_vec() }],
+                    },
+                ),
+                // A key outside the shard fails the whole command.
+                cmd(4, KvWrite::Txn { compares: vec![], ops: vec![put(b"e", b"5"), put(b"z", b"6")] }),
+            ],
+        )
+        .await;
+        assert_eq!(
+            r,
+            vec![
+                CommandResponse::Txn { version: 1 },
+                CommandResponse::ConditionFailed { current_version: 1 },
+                CommandResponse::Txn { version: 3 },
+                CommandResponse::KeyNotInShard,
+            ]
+        );
+        let (stats, keys) = storage
+            .read_docs(ShardId(1), |rec, d| {
+                let keys: Vec<Vec<u8>> = [&b"b"[..], b"c", b"d", b"e"]
+                    .iter()
+                    .filter(|k| d.get(k).unwrap().is_some())
+                    .map(|k| k.to_vec())
+                    .collect();
+                Ok((rec.stats, keys))
+            })
+            .unwrap();
+        assert_eq!(keys, vec![b"b".to_vec()]);
+        assert_eq!(stats, DataStats { key_count: 1, size_bytes: 2 });
     }
 }

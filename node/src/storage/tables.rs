@@ -65,6 +65,36 @@ pub struct ShardRecord {
     pub applied_log_id: Option<Vec<u8>>,
     /// The openraft stored membership as of `applied_log_id`, opaque here.
     pub membership: Option<Vec<u8>>,
+    /// Documents and their bytes as of `applied_index`.
+    pub stats: DataStats,
+}
+
+/// Size of a shard's documents, kept exact by every apply and carried by
+/// snapshots, so heartbeats report it without scanning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DataStats {
+    pub key_count: u64,
+    /// Keys plus values, in bytes.
+    pub size_bytes: u64,
+}
+
+impl DataStats {
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        self.key_count += 1;
+        self.size_bytes += (key.len() + value.len()) as u64;
+    }
+
+    pub fn remove(&mut self, key: &[u8], value: &[u8]) {
+        self.key_count = self.key_count.saturating_sub(1);
+        self.size_bytes = self.size_bytes.saturating_sub((key.len() + value.len()) as u64);
+    }
+}
+
+/// The shard state a snapshot carries besides its records (header `shard_state`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotShardState {
+    pub descriptor: ShardDescriptor,
+    pub stats: DataStats,
 }
 
 impl ShardRecord {
