@@ -1,0 +1,91 @@
+//! What the PD leader has learned from heartbeats. Never stored: a new PD
+//! leader starts empty and treats every node as up for one grace period
+//! ([`NODE_DOWN_AFTER_MS`] from its takeover), by which time every live node
+//! has reported again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_proto::{Heartbeat, NodeId, NodeStats, RaftRole, ShardId};
+
+/// How often nodes heartbeat, unless the PD says otherwise.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// A node not heard from for this long is shown as down.
+pub const NODE_DOWN_AFTER_MS: u64 = 5_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeObs {
+    pub last_heartbeat_ms: u64,
+    pub stats: NodeStats,
+    /// Shards the node hosts a live replica of, as of its last heartbeat.
+    pub hosted: BTreeSet<ShardId>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardObs {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub applied_index: u64,
+    pub key_count: u64,
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// When the current PD leader took over (Unix ms).
+    pub since_ms: u64,
+    pub nodes: BTreeMap<NodeId, NodeObs>,
+    pub shards: BTreeMap<ShardId, ShardObs>,
+}
+
+impl Observed {
+    pub fn new(since_ms: u64) -> Self {
+        Self { since_ms, ..Default::default() }
+    }
+
+    /// Records a heartbeat; returns the shards whose leader changed.
+    pub fn record(&mut self, hb: &Heartbeat, now_ms: u64) -> Vec<ShardId> {
+        let hosted = hb.replicas.iter().filter(|r| r.role != RaftRole::Shutdown).map(|r| r.shard).collect();
+        self.nodes.insert(hb.node, NodeObs { last_heartbeat_ms: now_ms, stats: hb.stats.clone(), hosted });
+        let mut changed = Vec::new();
+        for r in &hb.replicas {
+            let Some(leader) = r.leader else { continue };
+            let obs = self.shards.entry(r.shard).or_default();
+            // A report from an older term never overrides a newer one.
+            if r.term < obs.term {
+                continue;
+            }
+            if obs.leader != Some(leader) {
+                changed.push(r.shard);
+            }
+            obs.leader = Some(leader);
+            obs.term = r.term;
+            if r.role == RaftRole::Leader {
+                obs.applied_index = r.applied_index;
+                obs.key_count = r.key_count;
+                obs.size_bytes = r.size_bytes;
+            }
+        }
+        changed
+    }
+
+    /// Milliseconds since the node's last heartbeat, if any since takeover.
+    pub fn heartbeat_age(&self, node: NodeId, now_ms: u64) -> Option<u64> {
+        self.nodes.get(&node).map(|n| now_ms.saturating_sub(n.last_heartbeat_ms))
+    }
+
+    /// Whether the node counts as alive: heard from recently, or not yet
+    /// expected to have been heard from since this PD leader took over.
+    pub fn is_alive(&self, node: NodeId, now_ms: u64) -> bool {
+        let last = self.nodes.get(&node).map(|n| n.last_heartbeat_ms).unwrap_or(self.since_ms);
+        now_ms.saturating_sub(last) < NODE_DOWN_AFTER_MS
+    }
+
+    /// Whether the node has actually reported since this PD leader took over.
+    pub fn has_reported(&self, node: NodeId) -> bool {
+        self.nodes.contains_key(&node)
+    }
+
+    pub fn hosts(&self, node: NodeId, shard: ShardId) -> bool {
+        self.nodes.get(&node).is_some_and(|n| n.hosted.contains(&shard))
+    }
+}
