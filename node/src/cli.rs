@@ -14,9 +14,7 @@ pub struct ServerArgs {
     /// TOML configuration file; flags override its values.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    #[arg(long)]
-    pub node_id: Option<u64>,
-    /// Address for the gRPC services (KV, Raft, Admin).
+    /// Address for the gRPC services (KV, Raft, Admin, Pd).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Address peers and clients use for this node (default: --listen).
@@ -27,12 +25,21 @@ pub struct ServerArgs {
     /// Address of the Prometheus endpoint (GET /metrics).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Static bootstrap: `1=127.0.0.1:7701,2=127.0.0.1:7702,3=127.0.0.1:7703`.
+    /// PD endpoints to register and heartbeat with: `HOST:PORT,HOST:PORT`
+    /// (default: the addresses in --initial-pd).
     #[arg(long)]
-    pub initial_members: Option<String>,
-    /// Static bootstrap: number of shards cutting the key space evenly.
+    pub pd: Option<String>,
+    /// The placement driver's members: `1=127.0.0.1:7700,2=127.0.0.1:7701,3=127.0.0.1:7702`.
+    /// A node whose address is listed is a PD member with that id; every member
+    /// gets the same list. They bootstrap the cluster once.
+    #[arg(long)]
+    pub initial_pd: Option<String>,
+    /// Bootstrap: shards to create, cutting the key space evenly (default 1).
     #[arg(long)]
     pub initial_shards: Option<u32>,
+    /// Bootstrap: replication factor (default: the number of PD members, at most 3).
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
 }
 
 impl ServerArgs {
@@ -44,9 +51,6 @@ impl ServerArgs {
             }
             None => NodeConfig::default(),
         };
-        if let Some(v) = self.node_id {
-            config.node_id = v;
-        }
         if let Some(v) = self.listen {
             config.listen = v;
         }
@@ -59,8 +63,14 @@ impl ServerArgs {
         if let Some(v) = self.metrics_listen {
             config.metrics_listen = Some(v);
         }
-        if let Some(v) = &self.initial_members {
-            config.initial_members = parse_members(v).map_err(anyhow::Error::msg).context("--initial-members")?;
+        if let Some(v) = &self.initial_pd {
+            config.initial_pd = parse_members(v).map_err(anyhow::Error::msg).context("--initial-pd")?;
+        }
+        if let Some(v) = &self.pd {
+            config.pd = v.split(',').map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        }
+        if let Some(v) = self.replication_factor {
+            config.replication_factor = Some(v);
         }
         if let Some(v) = self.initial_shards {
             config.initial_shards = v;
@@ -80,10 +90,15 @@ pub fn init_logging() {
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
     let config = args.to_config()?;
-    let span = tracing::info_span!("node", node_id = config.node_id);
+    let span = tracing::info_span!("node", addr = %config.advertise_addr());
     let _enter = span.enter();
-    let node = Node::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Starting may wait for the placement driver; a signal stops the wait.
+    let node = tokio::select! {
+        node = Node::start(config) => node?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = term.recv() => return Ok(()),
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

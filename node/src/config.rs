@@ -39,20 +39,36 @@ impl Default for Limits {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This node's id; must be unique in the cluster and stable across restarts.
-    pub node_id: u64,
-    /// Address the gRPC services (KV, Raft, Admin) listen on.
+    /// Address the gRPC services (KV, Raft, Admin, Pd) listen on.
     pub listen: SocketAddr,
     /// Address peers and clients use to reach this node; defaults to `listen`.
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
     /// Prometheus endpoint (`GET /metrics`); off when absent.
     pub metrics_listen: Option<SocketAddr>,
-    /// Static bootstrap: the first voters of every initial shard, as
-    /// `(node id, address)`. Used once, when the data directory is new.
-    pub initial_members: Vec<(u64, String)>,
-    /// Static bootstrap: number of initial shards, cutting the key space evenly.
+    /// The placement driver's members, as `(node id, address)`: the voters of
+    /// the PD group, which bootstrap the cluster exactly once. A node whose
+    /// advertised address is listed is a PD member with that id. Every PD
+    /// member must be started with the same list.
+    pub initial_pd: Vec<(u64, String)>,
+    /// PD endpoints this node registers and heartbeats with; defaults to the
+    /// addresses in `initial-pd`. Required for a node that is not a PD member.
+    pub pd: Vec<String>,
+    /// Bootstrap only (read by the first PD leader): shards to create once
+    /// `replication-factor` nodes are up, cutting the key space evenly.
     pub initial_shards: u32,
+    /// Bootstrap only: the cluster's replication factor; defaults to the number
+    /// of PD members, at most 3. Changed later in the PD's cluster settings.
+    pub replication_factor: Option<u32>,
+    /// Bootstrap only: how long a node may be down before its replicas are
+    /// re-created elsewhere.
+    pub max_node_down_time_ms: u64,
+    /// Disk bytes this node offers to the PD (0 = unknown).
+    pub capacity_bytes: u64,
+    /// Free-form labels reported to the PD (zone, rack, ...).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// How often the node heartbeats to the PD.
+    pub heartbeat_interval_ms: u64,
     /// Longest a KV request may take on the server before `DEADLINE_EXCEEDED`.
     pub request_timeout_ms: u64,
     pub limits: Limits,
@@ -65,13 +81,18 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            node_id: 1,
             listen: "127.0.0.1:7700".parse().expect("valid literal address"),
             advertise: None,
             data_dir: PathBuf::from("./cairn-data"),
             metrics_listen: None,
-            initial_members: Vec::new(),
+            initial_pd: Vec::new(),
+            pd: Vec::new(),
             initial_shards: 1,
+            replication_factor: None,
+            max_node_down_time_ms: 30 * 60 * 1000,
+            capacity_bytes: 0,
+            labels: Default::default(),
+            heartbeat_interval_ms: 1000,
             request_timeout_ms: 10_000,
             limits: Limits::default(),
             raft: RaftSettings::default(),
@@ -86,27 +107,54 @@ impl NodeConfig {
         self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 
+    /// The PD endpoints to talk to: `pd`, else the `initial-pd` addresses.
+    pub fn pd_endpoints(&self) -> Vec<String> {
+        if self.pd.is_empty() { self.initial_pd.iter().map(|(_, a)| a.clone()).collect() } else { self.pd.clone() }
+    }
+
+    /// This node's PD member id, if its advertised address is in `initial-pd`.
+    pub fn pd_member_id(&self) -> Option<u64> {
+        let me = self.advertise_addr();
+        self.initial_pd.iter().find(|(_, a)| *a == me).map(|(id, _)| *id)
+    }
+
+    /// The bootstrap replication factor.
+    pub fn bootstrap_replication_factor(&self) -> u32 {
+        self.replication_factor.unwrap_or_else(|| (self.initial_pd.len() as u32).clamp(1, 3))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.node_id == 0 {
-            return Err("node-id must be positive".into());
-        }
         self.raft.validate()?;
-        if !self.initial_members.is_empty() {
-            if !self.initial_members.iter().any(|(id, _)| *id == self.node_id) {
-                return Err(format!("initial-members does not include this node ({})", self.node_id));
-            }
-            let mut ids: Vec<u64> = self.initial_members.iter().map(|(id, _)| *id).collect();
+        if !self.initial_pd.is_empty() {
+            let mut ids: Vec<u64> = self.initial_pd.iter().map(|(id, _)| *id).collect();
             ids.sort_unstable();
             ids.dedup();
-            if ids.len() != self.initial_members.len() {
-                return Err("initial-members lists a node id twice".into());
+            if ids.len() != self.initial_pd.len() {
+                return Err("initial-pd lists a node id twice".into());
             }
             if ids.contains(&0) {
                 return Err("node ids must be positive".into());
             }
+            if self.initial_pd.len() > 7 {
+                return Err("initial-pd may list at most 7 members".into());
+            }
         }
-        if self.initial_shards == 0 || self.initial_shards > 100_000 {
-            return Err("initial-shards must be between 1 and 100000".into());
+        if self.pd_endpoints().is_empty() {
+            return Err("no placement driver given: set pd (--pd ADDRS) or initial-pd (--initial-pd ID=ADDR,...)".into());
+        }
+        if let Some(rf) = self.replication_factor
+            && !(1..=7).contains(&rf)
+        {
+            return Err("replication-factor must be between 1 and 7".into());
+        }
+        if self.max_node_down_time_ms < 1000 {
+            return Err("max-node-down-time-ms must be at least 1000".into());
+        }
+        if self.heartbeat_interval_ms < 100 || self.heartbeat_interval_ms > 60_000 {
+            return Err("heartbeat-interval-ms must be between 100 and 60000".into());
+        }
+        if self.initial_shards == 0 || self.initial_shards > 10_000 {
+            return Err("initial-shards must be between 1 and 10000".into());
         }
         let l = &self.limits;
         if l.key_bytes_max == 0 || l.value_bytes_max == 0 || l.scan_limit_max == 0 || l.batch_items_max == 0 {
@@ -148,8 +196,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_validate() {
-        NodeConfig::default().validate().unwrap();
+    fn defaults_need_a_pd() {
+        let err = NodeConfig::default().validate().unwrap_err();
+        assert!(err.contains("placement driver"), "{err}");
+        NodeConfig { pd: vec!["127.0.0.1:7700".into()], ..Default::default() }.validate().unwrap();
     }
 
     #[test]
@@ -158,34 +208,38 @@ mod tests {
         assert_eq!(m, vec![(1, "127.0.0.1:1".into()), (2, "127.0.0.1:2".into())]);
         assert!(parse_members("1=nothost").is_err());
         assert!(parse_members("x=127.0.0.1:1").is_err());
-        let mut c = NodeConfig { initial_members: m, node_id: 3, ..Default::default() };
-        assert!(c.validate().is_err());
-        c.node_id = 2;
+        let c = NodeConfig { initial_pd: m, listen: "127.0.0.1:2".parse().unwrap(), ..Default::default() };
         c.validate().unwrap();
+        assert_eq!(c.pd_member_id(), Some(2));
+        assert_eq!(c.pd_endpoints(), vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".into()]);
+        assert_eq!(c.bootstrap_replication_factor(), 2);
+        let dup = NodeConfig { initial_pd: parse_members("1=127.0.0.1:1,1=127.0.0.1:2").unwrap(), ..c };
+        assert!(dup.validate().is_err());
     }
 
     #[test]
     fn toml_round_trip_uses_kebab_case() {
-        let text = "node-id = 4\nlisten = \"127.0.0.1:9000\"\n[raft]\nheartbeat-interval-ms = 100\n";
+        let text = "pd = [\"127.0.0.1:7700\"]\nlisten = \"127.0.0.1:9000\"\n[raft]\nheartbeat-interval-ms = 100\n";
         let c: NodeConfig = toml::from_str(text).unwrap();
-        assert_eq!(c.node_id, 4);
+        assert_eq!(c.pd, vec!["127.0.0.1:7700".to_string()]);
         assert_eq!(c.raft.heartbeat_interval_ms, 100);
         assert_eq!(c.raft.election_timeout_min_ms, RaftSettings::default().election_timeout_min_ms);
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = toml::from_str::<NodeConfig>("node-id = 4\nlisten-addr = \"127.0.0.1:1\"\n").unwrap_err();
+        let err = toml::from_str::<NodeConfig>("initial-shards = 4\nlisten-addr = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("listen-addr"), "{err}");
         assert!(toml::from_str::<NodeConfig>("[raft]\nheartbeat-ms = 1\n").is_err());
     }
 
     #[test]
     fn relations_are_checked() {
-        let mut c = NodeConfig::default();
+        let ok = NodeConfig { pd: vec!["127.0.0.1:7700".into()], ..Default::default() };
+        let mut c = ok.clone();
         c.raft.election_timeout_min_ms = c.raft.heartbeat_interval_ms;
         assert!(c.validate().is_err());
-        let mut c = NodeConfig::default();
+        let mut c = ok;
         c.limits.request_bytes_max = 10;
         assert!(c.validate().is_err());
     }

@@ -12,6 +12,7 @@ pub mod command;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod pd;
 pub mod raft;
 pub mod service;
 pub mod shard;

@@ -12,7 +12,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use cairn_client::{ClientConfig, PdClient};
+use cairn_proto::ClusterSettings;
+
 use crate::config::NodeConfig;
+use crate::pd::{BootstrapSettings, PD_SHARD, PdRuntime};
 use crate::raft::{GroupError, RaftGroup};
 use crate::shard::kv::Kv;
 use crate::shard::{Registry, Replica};
@@ -32,8 +36,12 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
-    #[error("data directory belongs to node {found}, not node {configured}")]
+    #[error("data directory belongs to node {found}, but initial-pd makes this address node {configured}")]
     Identity { found: u64, configured: u64 },
+    #[error("the placement driver refused this node: {0}")]
+    Refused(cairn_proto::ApiError),
+    #[error("stopped before the placement driver answered")]
+    Cancelled,
     #[error("shard {shard}: {source}")]
     Group { shard: ShardId, source: GroupError },
 }
@@ -46,6 +54,11 @@ pub struct NodeShared {
     pub registry: Arc<Registry>,
     pub transport: Arc<Transport>,
     pub kv: Kv,
+    /// The PD runtime, on PD members (the nodes hosting shard 0).
+    pub pd: Option<Arc<PdRuntime>>,
+    /// Client of the PD endpoints this node was started with.
+    pub pd_client: PdClient,
+    pub cluster_id: u64,
 }
 
 impl NodeShared {
@@ -106,10 +119,12 @@ impl NodeShared {
         }
     }
 
+    /// Statuses of the data shards this node hosts (not the PD's shard 0).
     pub fn shard_statuses(&self) -> Vec<ShardStatus> {
         self.registry
             .all()
             .iter()
+            .filter(|r| r.shard() != PD_SHARD)
             .map(|r| {
                 let st = r.group.status();
                 ShardStatus {
@@ -135,6 +150,15 @@ pub struct Node {
     background: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The PD client of a node: patient enough to ride out a PD election.
+fn pd_client_config() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_secs(5),
+        operation_timeout: Duration::from_secs(15),
+        ..ClientConfig::default()
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -149,17 +173,25 @@ impl Node {
     }
 
     /// Starts the node serving on an already bound listener.
+    ///
+    /// Identity: a data directory keeps the node id it was given. A new data
+    /// directory takes its id from `initial-pd` when this node's address is
+    /// listed there (a PD member), else registers with the PD for one, waiting
+    /// until the PD answers.
     pub async fn start_with_listener(config: NodeConfig, listener: TcpListener) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
-        let id = NodeId(config.node_id);
         let addr = config.advertise_addr();
+        let cancel = CancellationToken::new();
+        let pd_client = PdClient::new(config.pd_endpoints(), pd_client_config())
+            .map_err(|e| NodeError::Config(format!("pd endpoints: {e}")))?;
         let storage_config = StorageConfig { cache_bytes: config.cache_bytes, ..Default::default() };
         let storage = Storage::open(&config.data_dir.join(DB_FILE), storage_config)?;
-        let cancel = CancellationToken::new();
+        let record = Self::identity(&config, &storage, &pd_client, &cancel).await?;
+        let id = NodeId(record.node_id);
         let transport = Transport::new(id.0, config.transport.clone(), cancel.child_token());
         let registry = Arc::new(Registry::default());
 
-        let fresh = Self::bootstrap(&config, &storage).await?;
+        let pd_fresh = Self::bootstrap_pd(&config, &storage, &record).await?;
         for record in storage.shard_records()? {
             let shard = record.shard();
             let (tx, rx) = watch::channel(record.descriptor.clone());
@@ -168,18 +200,28 @@ impl Node {
                 .map_err(|source| NodeError::Group { shard, source })?;
             registry.insert(Arc::new(Replica { group, descriptor: rx }));
         }
-        if fresh {
+        if pd_fresh {
             let members: Vec<(NodeId, String)> =
-                config.initial_members.iter().map(|(id, a)| (NodeId(*id), a.clone())).collect();
-            for replica in registry.all() {
-                replica
-                    .group
-                    .initialize(&members)
-                    .await
-                    .map_err(|source| NodeError::Group { shard: replica.shard(), source })?;
-            }
+                config.initial_pd.iter().map(|(id, a)| (NodeId(*id), a.clone())).collect();
+            let replica = registry.get(PD_SHARD).expect("the PD shard was just created");
+            replica.group.initialize(&members).await.map_err(|source| NodeError::Group { shard: PD_SHARD, source })?;
+            let r = NodeRecord { bootstrapped: true, ..record.clone() };
+            storage.call(|done| WriteOp::PutNodeMeta { key: NODE_RECORD, value: encode(&r), done }).await?;
         }
-        tracing::info!(node = id.0, %addr, shards = registry.len(), fresh, "node started");
+        let pd = registry.get(PD_SHARD).map(|_| {
+            let settings = ClusterSettings {
+                replication_factor: config.bootstrap_replication_factor(),
+                max_node_down_time_ms: config.max_node_down_time_ms,
+                ..ClusterSettings::default()
+            };
+            let bootstrap = BootstrapSettings {
+                members: config.initial_pd.iter().map(|(id, a)| (NodeId(*id), a.clone())).collect(),
+                initial_shards: config.initial_shards,
+                settings,
+            };
+            PdRuntime::new(id, addr.clone(), registry.clone(), storage.clone(), bootstrap)
+        });
+        tracing::info!(node = id.0, %addr, shards = registry.len(), pd_member = pd.is_some(), "node started");
 
         let kv = Kv {
             registry: registry.clone(),
@@ -187,9 +229,29 @@ impl Node {
             limits: config.limits.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
         };
-        let shared = Arc::new(NodeShared { id, addr, storage, registry, transport, kv });
+        let shared = Arc::new(NodeShared {
+            id,
+            addr,
+            storage,
+            registry,
+            transport,
+            kv,
+            pd: pd.clone(),
+            pd_client: pd_client.clone(),
+            cluster_id: record.cluster_id,
+        });
         let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone());
-        let background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
+        let mut background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
+        if let Some(pd) = &pd {
+            background.push(pd.spawn(cancel.clone()));
+        }
+        background.push(crate::pd::agent::spawn(
+            shared.clone(),
+            pd_client,
+            config.clone(),
+            record.cluster_id,
+            cancel.clone(),
+        ));
         let metrics_server = match config.metrics_listen {
             Some(a) => Some(
                 crate::service::metrics::serve(shared.clone(), a, cancel.clone())
@@ -208,49 +270,60 @@ impl Node {
         }))
     }
 
-    /// Writes the node record and, on a new data directory with initial
-    /// members, the initial shards. Returns whether the shards were just created.
-    async fn bootstrap(config: &NodeConfig, storage: &Arc<Storage>) -> Result<bool, NodeError> {
+    /// Reads this node's record, creating it on a new data directory (with the
+    /// id from `initial-pd`, or one the PD allocates).
+    async fn identity(
+        config: &NodeConfig,
+        storage: &Arc<Storage>,
+        pd: &PdClient,
+        cancel: &CancellationToken,
+    ) -> Result<NodeRecord, NodeError> {
         let record: Option<NodeRecord> = match storage.node_meta(NODE_RECORD)? {
             Some(b) => Some(decode(&b).map_err(StorageError::from)?),
             None => None,
         };
-        if let Some(r) = &record {
-            if r.node_id != config.node_id {
-                return Err(NodeError::Identity { found: r.node_id, configured: config.node_id });
+        let member = config.pd_member_id();
+        let mut record = match (record, member) {
+            (Some(r), Some(m)) if r.node_id != m => {
+                return Err(NodeError::Identity { found: r.node_id, configured: m });
             }
-            if r.bootstrapped {
-                if !config.initial_members.is_empty() {
-                    tracing::info!("data directory already bootstrapped; ignoring the initial members and shards");
-                }
-                return Ok(false);
+            (Some(r), _) => return Ok(r),
+            (None, Some(m)) => NodeRecord { node_id: m, cluster_id: 0, created_at_ms: now_ms(), bootstrapped: false },
+            (None, None) => {
+                let req = crate::pd::agent::registration(config, None, 0);
+                let (id, cluster_id) = crate::pd::agent::register_until_done(pd, &req, cancel)
+                    .await
+                    .map_err(NodeError::Refused)?
+                    .ok_or(NodeError::Cancelled)?;
+                tracing::info!(node = id.0, cluster_id, "registered with the placement driver");
+                NodeRecord { node_id: id.0, cluster_id, created_at_ms: now_ms(), bootstrapped: false }
             }
-        }
-        if config.initial_members.is_empty() {
-            if record.is_none() {
-                let r = NodeRecord { node_id: config.node_id, created_at_ms: now_ms(), bootstrapped: false };
-                storage.call(|done| WriteOp::PutNodeMeta { key: NODE_RECORD, value: encode(&r), done }).await?;
-            }
+        };
+        record.bootstrapped = false;
+        let r = record.clone();
+        storage.call(|done| WriteOp::PutNodeMeta { key: NODE_RECORD, value: encode(&r), done }).await?;
+        Ok(record)
+    }
+
+    /// On a PD member's new data directory, creates the PD's shard 0 with the
+    /// `initial-pd` members as voters. Returns whether its group must be
+    /// initialised (once; idempotent across restarts via `bootstrapped`).
+    async fn bootstrap_pd(config: &NodeConfig, storage: &Arc<Storage>, record: &NodeRecord) -> Result<bool, NodeError> {
+        if record.bootstrapped || config.pd_member_id() != Some(record.node_id) {
             return Ok(false);
         }
-        let replicas: Vec<ReplicaDescriptor> = config
-            .initial_members
-            .iter()
-            .map(|(id, addr)| ReplicaDescriptor { node: NodeId(*id), addr: addr.clone(), role: ReplicaRole::Voter })
-            .collect();
-        // A crash part-way leaves some shards; create only the missing ones.
-        let existing: Vec<ShardId> = storage.shard_records()?.iter().map(|r| r.shard()).collect();
-        for (i, range) in KeyRange::split_evenly(config.initial_shards).into_iter().enumerate() {
-            let shard = ShardId(i as u64 + 1);
-            if existing.contains(&shard) {
-                continue;
-            }
+        if storage.shard_record(PD_SHARD)?.is_none() {
+            let replicas = config
+                .initial_pd
+                .iter()
+                .map(|(id, addr)| ReplicaDescriptor { node: NodeId(*id), addr: addr.clone(), role: ReplicaRole::Voter })
+                .collect();
             let record = ShardRecord {
                 descriptor: ShardDescriptor {
-                    id: shard,
-                    range,
-                    epoch: Epoch { conf_ver: 0, version: 1 },
-                    replicas: replicas.clone(),
+                    id: PD_SHARD,
+                    range: KeyRange::full(),
+                    epoch: Epoch { conf_ver: 1, version: 1 },
+                    replicas,
                 },
                 data_id: 0,
                 applied_index: 0,
@@ -260,12 +333,6 @@ impl Node {
             };
             storage.call(|done| WriteOp::CreateShard { record, done }).await?;
         }
-        let r = NodeRecord {
-            node_id: config.node_id,
-            created_at_ms: record.map(|r| r.created_at_ms).unwrap_or_else(now_ms),
-            bootstrapped: true,
-        };
-        storage.call(|done| WriteOp::PutNodeMeta { key: NODE_RECORD, value: encode(&r), done }).await?;
         Ok(true)
     }
 

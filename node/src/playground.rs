@@ -1,8 +1,10 @@
 //! `cairn playground`: a local cluster as child processes of one command.
 //!
-//! Until the placement driver exists, the nodes use the static bootstrap. The
-//! data directory is reused on the next start; `playground.json` lists the
-//! nodes. A child killed from outside stays dead; Ctrl-C stops every child with
+//! Every node hosts shard replicas; the first three are also the placement
+//! driver's members (`--initial-pd`), the others join with `--pd`. The data
+//! directory is reused on the next start; `playground.json` lists the nodes
+//! (id, pid, address, data directory, log). A child killed from outside stays
+//! dead (it is reported, never restarted); Ctrl-C stops every child with
 //! SIGTERM and waits for it.
 
 use std::path::PathBuf;
@@ -22,67 +24,104 @@ pub struct PlaygroundArgs {
     /// The first node listens on 127.0.0.1:BASE_PORT, the next on BASE_PORT+1, ...
     #[arg(long, default_value_t = 7700)]
     pub base_port: u16,
+    /// Shards the PD creates when the cluster is new (ignored for an existing data dir).
     #[arg(long, default_value_t = 8)]
     pub initial_shards: u32,
 }
+
+/// Members of the placement driver in a playground.
+const PD_MEMBERS: usize = 3;
 
 #[derive(Serialize)]
 struct PlaygroundNode {
     id: u64,
     pid: u32,
     addr: String,
+    pd_member: bool,
     data_dir: PathBuf,
     log: PathBuf,
 }
 
 #[derive(Serialize)]
 struct PlaygroundFile {
+    pd: Vec<String>,
     nodes: Vec<PlaygroundNode>,
 }
 
 pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 1 && args.nodes <= 50, "--nodes must be between 1 and 50");
+    anyhow::ensure!(
+        args.base_port as u32 + args.nodes <= u16::MAX as u32,
+        "--base-port leaves no room for {} nodes",
+        args.nodes
+    );
     let exe = std::env::current_exe().context("locating the cairn binary")?;
     std::fs::create_dir_all(&args.data_dir)?;
     let addrs: Vec<String> = (0..args.nodes).map(|i| format!("127.0.0.1:{}", args.base_port + i as u16)).collect();
-    let members = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let pd_addrs: Vec<String> = addrs.iter().take(PD_MEMBERS).cloned().collect();
+    let initial_pd =
+        pd_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
     let mut children = Vec::new();
     let mut listed = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let dir = args.data_dir.join(format!("node-{id}"));
+        let dir = args.data_dir.join(format!("node-{}", i + 1));
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("node.log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = tokio::process::Command::new(&exe)
-            .args(["server", "--node-id", &id.to_string(), "--listen", addr])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--initial-members", &members, "--initial-shards", &args.initial_shards.to_string()])
+        let mut command = tokio::process::Command::new(&exe);
+        command.args(["server", "--listen", addr]).arg("--data-dir").arg(&dir).args(["--pd", &pd_addrs.join(",")]);
+        let pd_member = i < PD_MEMBERS;
+        if pd_member {
+            command.args(["--initial-pd", &initial_pd, "--initial-shards", &args.initial_shards.to_string()]);
+        }
+        let child = command
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=error,h2=warn".into()))
             .stdout(Stdio::from(log_file.try_clone()?))
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting node {id}"))?;
+            .with_context(|| format!("starting node {}", i + 1))?;
         let pid = child.id().unwrap_or(0);
-        listed.push(PlaygroundNode { id, pid, addr: addr.clone(), data_dir: dir, log });
-        children.push((id, child));
+        listed.push(PlaygroundNode { id: 0, pid, addr: addr.clone(), pd_member, data_dir: dir, log });
+        children.push((i + 1, child));
     }
-    let file = args.data_dir.join("playground.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&PlaygroundFile { nodes: listed })?)?;
     println!(
-        "cairn playground: {} nodes, {} shards; data in {}",
+        "cairn playground: {} nodes ({} PD members); data in {}",
         args.nodes,
-        args.initial_shards,
+        pd_addrs.len(),
         args.data_dir.display()
     );
-    for (i, a) in addrs.iter().enumerate() {
-        println!("  node {} at {a}", i + 1);
+    println!("waiting for the cluster (logs: {}/node-*/node.log) ...", args.data_dir.display());
+    let ready = wait_ready(&pd_addrs, &addrs).await;
+    match &ready {
+        Ok(status) => {
+            for node in &mut listed {
+                node.id = status.nodes.iter().find(|n| n.addr == node.addr).map(|n| n.id.0).unwrap_or(0);
+            }
+            println!(
+                "ready: {} nodes up, {} shards, PD leader node {}",
+                status.nodes.iter().filter(|n| n.state == cairn_proto::NodeState::Up).count(),
+                status.shards.len(),
+                status.pd_leader.as_ref().map(|(id, _)| id.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
+        Err(e) => println!("the cluster is not ready yet ({e}); see the node logs"),
     }
+    let file = args.data_dir.join("playground.json");
+    let contents = PlaygroundFile { pd: pd_addrs.clone(), nodes: listed };
+    std::fs::write(&file, serde_json::to_vec_pretty(&contents)?)?;
+    for n in &contents.nodes {
+        let role = if n.pd_member { "  (PD member)" } else { "" };
+        println!("  node {} at {}  pid {}{role}", n.id, n.addr, n.pid);
+    }
+    println!("PD address: {} (any node's address also works)", pd_addrs.join(","));
+    println!("nodes are listed in {}", file.display());
     println!("try:");
     println!("  cargo run --release --bin cairnctl -- put user:1 '{{\"name\":\"ada\"}}'");
     println!("  cargo run --release --bin cairnctl -- get user:1");
+    println!("  cargo run --release --bin cairnctl -- status");
     println!("  cargo run --release --bin cairnctl -- shards");
+    println!("  CAIRN_PD={} cargo run --release -p cairn-client --example typed_documents", pd_addrs[0]);
     println!("Ctrl-C stops every node.");
 
     let mut waits = Vec::new();
@@ -115,4 +154,37 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         let _ = handle.await;
     }
     Ok(())
+}
+
+/// Waits until every node has registered and every shard has a leader, or a
+/// minute has passed (the playground then keeps running: the logs say why).
+async fn wait_ready(pd: &[String], addrs: &[String]) -> anyhow::Result<cairn_proto::ClusterStatus> {
+    let config = cairn_client::ClientConfig {
+        request_timeout: Duration::from_secs(2),
+        operation_timeout: Duration::from_secs(4),
+        ..Default::default()
+    };
+    let client = cairn_client::PdClient::new(pd, config)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::from("no answer from the PD");
+    while tokio::time::Instant::now() < deadline {
+        match client.cluster(0).await {
+            Ok(status) => {
+                let registered = addrs.iter().all(|a| status.nodes.iter().any(|n| &n.addr == a));
+                let led = status.shards.iter().all(|s| s.route.leader.is_some());
+                if registered && !status.shards.is_empty() && led {
+                    return Ok(status);
+                }
+                last = format!(
+                    "{} of {} nodes registered, {} shards",
+                    status.nodes.len(),
+                    addrs.len(),
+                    status.shards.len()
+                );
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    anyhow::bail!("{last}")
 }

@@ -32,10 +32,9 @@ async fn cairnctl_end_to_end() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = NodeConfig {
-        node_id: 1,
         listen: addr,
         data_dir: dir.path().to_path_buf(),
-        initial_members: vec![(1, addr.to_string())],
+        initial_pd: vec![(1, addr.to_string())],
         initial_shards: 2,
         ..NodeConfig::default()
     };

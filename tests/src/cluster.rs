@@ -1,12 +1,13 @@
 //! An in-process cluster: N real nodes in this process, each with its own data
-//! directory and gRPC listener on 127.0.0.1, statically bootstrapped.
+//! directory and gRPC listener on 127.0.0.1. The first three (or fewer) are
+//! the placement driver's members; the PD creates the initial shards.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::{ClientConfig, DirectClient, NodeClient};
+use cairn_client::{ClientConfig, DirectClient, NodeClient, PdClient};
 use cairn_node::raft::RaftSettings;
 use cairn_node::{Node, NodeConfig};
 use cairn_proto::{NodeId, RaftRole, ShardId};
@@ -31,7 +32,7 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts `n` nodes hosting `shards` shards, each replicated on every node.
+    /// Starts `n` nodes hosting `shards` shards, each replicated on min(n, 3) nodes.
     pub async fn start(n: usize, shards: u32) -> anyhow::Result<TestCluster> {
         Self::start_with(n, shards, |_| {}).await
     }
@@ -45,15 +46,15 @@ impl TestCluster {
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
         let members: Vec<(u64, String)> =
-            addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.to_string())).collect();
+            addrs.iter().take(3).enumerate().map(|(i, a)| (i as u64 + 1, a.to_string())).collect();
         let mut configs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let mut c = NodeConfig {
-                node_id: i as u64 + 1,
                 listen: *addr,
                 data_dir: dir.path().join(format!("node-{}", i + 1)),
-                initial_members: members.clone(),
+                initial_pd: members.clone(),
                 initial_shards: shards,
+                heartbeat_interval_ms: 200,
                 raft: test_raft_settings(),
                 ..NodeConfig::default()
             };
@@ -63,6 +64,10 @@ impl TestCluster {
         let starts = configs.iter().cloned().zip(listeners).map(|(c, l)| Node::start_with_listener(c, l));
         let nodes = futures::future::try_join_all(starts).await?;
         let cluster = TestCluster { dir, configs, nodes: nodes.into_iter().map(Some).collect() };
+        wait_until("the PD to create the initial shards", Duration::from_secs(60), || async {
+            (cluster.leaders().len() >= shards as usize).then_some(())
+        })
+        .await?;
         cluster.wait_for_leaders(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
@@ -92,6 +97,15 @@ impl TestCluster {
     pub fn client(&self) -> anyhow::Result<DirectClient> {
         let seed = self.running().next().ok_or_else(|| anyhow::anyhow!("no node running"))?.addr().to_string();
         Ok(DirectClient::new(seed, ClientConfig::default())?)
+    }
+
+    /// The PD members' addresses.
+    pub fn pd_endpoints(&self) -> Vec<String> {
+        self.configs[0].pd_endpoints()
+    }
+
+    pub fn pd_client(&self) -> anyhow::Result<PdClient> {
+        Ok(PdClient::new(self.pd_endpoints(), ClientConfig::default())?)
     }
 
     pub fn node_client(&self, i: usize) -> anyhow::Result<NodeClient> {
@@ -131,8 +145,9 @@ impl TestCluster {
     pub fn busiest_leader(&self) -> Option<usize> {
         let leaders = self.leaders();
         (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].is_some())
-            .max_by_key(|i| leaders.values().filter(|n| n.0 == *i as u64 + 1).count())
+            .filter_map(|i| self.nodes[i].as_ref().map(|n| (i, n.id())))
+            .max_by_key(|(_, id)| leaders.values().filter(|n| *n == id).count())
+            .map(|(i, _)| i)
     }
 
     /// Stops node `i` abruptly, as a SIGKILL would.

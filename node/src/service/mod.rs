@@ -5,12 +5,14 @@
 pub mod admin;
 pub mod kv;
 pub mod metrics;
+pub mod pd;
 pub mod raft;
 
 use std::sync::Arc;
 
 use cairn_proto::pb::admin_server::AdminServer;
 use cairn_proto::pb::kv_server::KvServer;
+use cairn_proto::pb::pd_server::PdServer;
 use cairn_proto::pb::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,7 +22,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::NodeConfig;
 use crate::node::NodeShared;
 
-/// Serves KV, Raft and Admin on `listener` until `cancel`.
+/// Serves KV, Raft, Admin and Pd on `listener` until `cancel`.
 pub fn serve(
     node: Arc<NodeShared>,
     listener: TcpListener,
@@ -38,6 +40,9 @@ pub fn serve(
         .max_decoding_message_size(config.transport.message_bytes_max)
         .max_encoding_message_size(config.transport.message_bytes_max);
     let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let pd = PdServer::new(pd::PdService::new(node.clone()))
+        .max_decoding_message_size(config.transport.message_bytes_max)
+        .max_encoding_message_size(config.transport.message_bytes_max);
     // TcpIncoming sets TCP_NODELAY on accepted sockets (the builder's own
     // tcp_nodelay applies only to listeners tonic binds itself).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -47,6 +52,7 @@ pub fn serve(
             .add_service(kv)
             .add_service(raft)
             .add_service(admin)
+            .add_service(pd)
             .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
             .await;
         if let Err(e) = result {

@@ -65,6 +65,10 @@ fn now_ms() -> u64 {
 impl Kv {
     /// Checks 1 and 2.
     fn route(&self, route: &Route) -> Result<Arc<Replica>, ApiError> {
+        // Shard 0 holds the placement driver's records, written only by the PD.
+        if route.shard == crate::pd::PD_SHARD {
+            return Err(ApiError::ShardNotFound { shard: route.shard });
+        }
         let replica = self.registry.get(route.shard).ok_or(ApiError::ShardNotFound { shard: route.shard })?;
         let current = replica.descriptor();
         if route.epoch.version != current.epoch.version || route.epoch.conf_ver > current.epoch.conf_ver {

@@ -107,8 +107,11 @@ impl ShardRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub node_id: u64,
+    /// The cluster the node registered with (0 until known: PD members learn
+    /// it from the PD they bootstrap).
+    pub cluster_id: u64,
     /// Unix ms when the data directory was initialised.
     pub created_at_ms: u64,
-    /// Whether the static bootstrap (initial members and shards) has run.
+    /// PD members: whether the PD group (shard 0) has been created and initialised.
     pub bootstrapped: bool,
 }

@@ -158,7 +158,7 @@ async fn run_cluster(args: &Args, seed: u64, baseline: Baseline, dir: &std::path
     let cluster = TestCluster::start_with(args.nodes, args.shards, |c| {
         // TestCluster makes its own temp dir in the same temp root; put the data under
         // the bench's directory instead, next to the baseline, to be sure of the disk.
-        c.data_dir = cluster_dir.join(format!("node-{}", c.node_id));
+        c.data_dir = cluster_dir.join(format!("node-{}", c.listen.port()));
     })
     .await
     .context("starting the cluster")?;

@@ -1,8 +1,9 @@
 //! A cluster of real `cairn-test-node` processes for process-level tests.
 //!
 //! Each node runs the server binary with its own data directory, log file and
-//! TOML config inside one temporary directory, statically bootstrapped on
-//! loopback ports picked by the OS. The nodes can be killed with SIGKILL,
+//! TOML config inside one temporary directory, on loopback ports picked by the
+//! OS. The first three nodes are the placement driver's members (ids 1-3);
+//! the others register with the PD and get their ids from it. The nodes can be killed with SIGKILL,
 //! stopped with SIGTERM and restarted on the same flags and data directory.
 //!
 //! Invariants:
@@ -25,7 +26,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-use cairn_client::{ClientConfig, DirectClient, NodeClient};
+use cairn_client::{ClientConfig, DirectClient, NodeClient, PdClient};
 use cairn_proto::{NodeId, RaftRole, ShardId, ShardStatus};
 use cairn_tests::wait_until;
 
@@ -40,6 +41,14 @@ heartbeat-interval-ms = 100
 election-timeout-min-ms = 600
 election-timeout-max-ms = 1200
 ";
+
+/// `TEST_CONFIG_TOML` plus a quick PD heartbeat, which belongs at the top level.
+fn with_pd_heartbeat(config_toml: &str) -> String {
+    format!("heartbeat-interval-ms = 200\n{config_toml}")
+}
+
+/// The first nodes of a cluster are the placement driver's members.
+pub const PD_MEMBERS: usize = 3;
 
 /// Lines of each node's log printed when a test fails.
 const LOG_TAIL_LINES_MAX: usize = 120;
@@ -73,7 +82,10 @@ pub struct ProcessCluster {
     /// `None` only after drop handed it over.
     dir: Option<tempfile::TempDir>,
     config_path: PathBuf,
+    /// `--initial-pd` of the PD members.
     members: String,
+    /// `--pd` of every node.
+    pd: String,
     shards: u32,
     pub nodes: Vec<ProcNode>,
     succeeded: bool,
@@ -98,11 +110,12 @@ impl ProcessCluster {
     pub async fn start_with_config(n: usize, shards: u32, config_toml: &str) -> anyhow::Result<ProcessCluster> {
         let dir = tempfile::Builder::new().prefix("cairn-proc-").tempdir()?;
         let config_path = dir.path().join("node.toml");
-        std::fs::write(&config_path, config_toml)?;
+        std::fs::write(&config_path, with_pd_heartbeat(config_toml))?;
         let mut nodes = Vec::new();
         for i in 0..n {
-            let id = i as u64 + 1;
-            let node_dir = dir.path().join(format!("node-{id}"));
+            // PD members have fixed ids; the others learn theirs from the PD.
+            let id = if i < PD_MEMBERS { i as u64 + 1 } else { 0 };
+            let node_dir = dir.path().join(format!("node-{}", i + 1));
             nodes.push(ProcNode {
                 id: NodeId(id),
                 addr: free_port()?,
@@ -113,13 +126,47 @@ impl ProcessCluster {
             });
             std::fs::create_dir_all(&node_dir)?;
         }
-        let members = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
-        let mut cluster = ProcessCluster { dir: Some(dir), config_path, members, shards, nodes, succeeded: false };
+        let pd_members = &nodes[..n.min(PD_MEMBERS)];
+        let members = pd_members.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
+        let pd = pd_members.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>().join(",");
+        let mut cluster =
+            ProcessCluster { dir: Some(dir), config_path, members, pd, shards, nodes, succeeded: false };
         for i in 0..n {
             cluster.spawn(i)?;
         }
-        cluster.wait_for_leaders(Duration::from_secs(30)).await?;
+        cluster.resolve_ids().await?;
+        cluster.wait_for_leaders(Duration::from_secs(60)).await?;
         Ok(cluster)
+    }
+
+    /// Learns the ids the PD gave the nodes that are not PD members.
+    async fn resolve_ids(&mut self) -> anyhow::Result<()> {
+        if self.nodes.iter().all(|n| n.id.0 != 0) {
+            return Ok(());
+        }
+        let pd = self.pd_client()?;
+        let addrs: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        let status = wait_until("every node to register", Duration::from_secs(60), || async {
+            let status = pd.cluster(0).await.ok()?;
+            addrs.iter().all(|a| status.nodes.iter().any(|n| &n.addr == a)).then_some(status)
+        })
+        .await?;
+        for node in &mut self.nodes {
+            let addr = node.addr.to_string();
+            node.id = status.nodes.iter().find(|n| n.addr == addr).map(|n| n.id).context("registered")?;
+        }
+        Ok(())
+    }
+
+    /// A client of the placement driver (its members' addresses).
+    pub fn pd_client(&self) -> anyhow::Result<PdClient> {
+        let config = ClientConfig { request_timeout: POLL_RPC_TIMEOUT, ..ClientConfig::default() };
+        Ok(PdClient::from_list(&self.pd, config)?)
+    }
+
+    /// The PD members' addresses, comma separated.
+    pub fn pd_endpoints(&self) -> &str {
+        &self.pd
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,14 +186,19 @@ impl ProcessCluster {
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
         use std::io::Write;
         writeln!(log, "===== test harness: start #{} of node {} =====", node.starts, node.id)?;
-        let child = Command::new(NODE_BIN)
+        let mut command = Command::new(NODE_BIN);
+        command
             .arg("server")
             .arg("--config")
             .arg(&self.config_path)
-            .args(["--node-id", &node.id.to_string(), "--listen", &node.addr.to_string()])
+            .args(["--listen", &node.addr.to_string()])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--initial-members", &self.members, "--initial-shards", &self.shards.to_string()])
+            .args(["--pd", &self.pd]);
+        if i < PD_MEMBERS {
+            command.args(["--initial-pd", &self.members, "--initial-shards", &self.shards.to_string()]);
+        }
+        let child = command
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",

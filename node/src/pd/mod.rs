@@ -1,0 +1,343 @@
+//! The placement driver's runtime on a PD member: the decisions are pure
+//! functions in `cairn-placement`; this module loads the PD state from shard 0
+//! (the PD's own Raft group, hosted by the PD members), runs the decisions on
+//! the PD group's leader, commits their writes as one `Txn` each, and streams
+//! shard-map changes to watchers.
+//!
+//! Invariants:
+//! - Only the leader of shard 0 answers, and only from state it loaded after
+//!   a read barrier in its current term; losing leadership drops that state
+//!   (and ends every watch stream, whose clients re-subscribe elsewhere).
+//! - Every write compares the versions of the keys it touches, so a deposed
+//!   leader that has not noticed yet cannot overwrite its successor's writes.
+//! - Watch revisions are `term << 32 | sequence`: increasing across leader
+//!   changes, and a revision from another term always gets a full resync.
+
+pub mod agent;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_placement::{self as placement, Observed, PdState, Writes, model::KeyOp};
+use cairn_proto::{
+    ApiError, ClusterSettings, ClusterStatus, Heartbeat, KeyRange, NodeCommand, NodeId, RegisterNode, Session,
+    ShardId, ShardMapEvent, ShardRoute,
+};
+use tokio::sync::{Mutex, MutexGuard, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{CommandResponse, KvWrite, ShardCommand, TxnOp};
+use crate::shard::{Registry, Replica};
+use crate::storage::Storage;
+
+/// The PD's own shard: never routed to by clients, never moved.
+pub const PD_SHARD: ShardId = ShardId(0);
+/// Shard-map events kept for watchers that resume.
+const WATCH_RING: usize = 1024;
+/// How often the PD leader looks for work of its own (initial shards).
+const TICK: Duration = Duration::from_millis(500);
+
+/// Settings the first PD leader writes when it bootstraps the cluster.
+#[derive(Clone, Debug)]
+pub struct BootstrapSettings {
+    pub members: Vec<(NodeId, String)>,
+    pub initial_shards: u32,
+    pub settings: ClusterSettings,
+}
+
+struct Leader {
+    term: u64,
+    state: PdState,
+    observed: Observed,
+    revision: u64,
+    ring: VecDeque<ShardMapEvent>,
+    events: broadcast::Sender<ShardMapEvent>,
+}
+
+pub struct PdRuntime {
+    node: NodeId,
+    addr: String,
+    registry: Arc<Registry>,
+    storage: Arc<Storage>,
+    bootstrap: BootstrapSettings,
+    leader: Mutex<Option<Leader>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn pd_error(e: placement::PdError) -> ApiError {
+    match e {
+        placement::PdError::NotBootstrapped => ApiError::Unavailable(e.to_string()),
+        _ => ApiError::InvalidArgument(e.to_string()),
+    }
+}
+
+impl PdRuntime {
+    pub fn new(
+        node: NodeId,
+        addr: String,
+        registry: Arc<Registry>,
+        storage: Arc<Storage>,
+        bootstrap: BootstrapSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self { node, addr, registry, storage, bootstrap, leader: Mutex::new(None) })
+    }
+
+    /// Runs the leader's periodic work until `cancel`.
+    pub fn spawn(self: &Arc<Self>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = this.tick().await
+                    && !matches!(e, ApiError::NotLeader { .. })
+                {
+                    tracing::warn!(error = %e, "PD tick failed");
+                }
+            }
+        })
+    }
+
+    fn group(&self) -> Result<Arc<Replica>, ApiError> {
+        self.registry.get(PD_SHARD).ok_or(ApiError::ShardNotFound { shard: PD_SHARD })
+    }
+
+    /// The PD leader's address as this member knows it (`None` if unknown or self).
+    pub fn leader_hint(&self) -> Option<(NodeId, String)> {
+        let replica = self.group().ok()?;
+        let (id, addr) = replica.group.leader_hint()?;
+        (id != self.node && !addr.is_empty()).then_some((id, addr))
+    }
+
+    /// Whether this member currently leads the PD group.
+    pub fn is_leader(&self) -> bool {
+        self.group().map(|r| r.group.is_leader()).unwrap_or(false)
+    }
+
+    /// Locks the leader state, loading it if this member became leader in a new
+    /// term. Fails with `NOT_LEADER` (with a hint) on a follower.
+    async fn lead(&self) -> Result<MutexGuard<'_, Option<Leader>>, ApiError> {
+        let replica = self.group()?;
+        let status = replica.group.status();
+        let mut guard = self.leader.lock().await;
+        if !replica.group.is_leader() {
+            *guard = None;
+            return Err(ApiError::NotLeader { shard: PD_SHARD, leader: self.leader_hint() });
+        }
+        if guard.as_ref().is_some_and(|l| l.term == status.term) {
+            return Ok(guard);
+        }
+        *guard = None;
+        replica.group.wake();
+        replica.group.read_barrier().await.map_err(|e| match e {
+            crate::raft::GroupError::NotLeader(leader) => ApiError::NotLeader { shard: PD_SHARD, leader },
+            other => ApiError::Unavailable(other.to_string()),
+        })?;
+        let state = self.load()?;
+        let (events, _) = broadcast::channel(WATCH_RING);
+        let mut leader = Leader {
+            term: status.term,
+            state,
+            observed: Observed::new(now_ms()),
+            revision: status.term << 32,
+            ring: VecDeque::new(),
+            events,
+        };
+        if leader.state.cluster.is_none() {
+            let b = &self.bootstrap;
+            let cluster_id = rand::random::<u64>() >> 1 | 1;
+            let writes = placement::bootstrap(cluster_id, now_ms(), &b.members, b.initial_shards, b.settings.clone())
+                .map_err(pd_error)?;
+            self.commit(&replica, &mut leader, writes).await?;
+            tracing::info!(cluster_id, "cluster bootstrapped");
+        }
+        tracing::info!(
+            term = status.term,
+            nodes = leader.state.nodes.len(),
+            shards = leader.state.shards.len(),
+            "this node leads the placement driver"
+        );
+        *guard = Some(leader);
+        Ok(guard)
+    }
+
+    /// Reads every PD record from this replica of shard 0.
+    fn load(&self) -> Result<PdState, ApiError> {
+        let range = KeyRange::prefix(placement::model::PREFIX);
+        let page = self
+            .storage
+            .read_docs(PD_SHARD, |_, docs| docs.scan(&range, usize::MAX))
+            .map_err(|e| ApiError::Internal(format!("reading the PD state: {e}")))?;
+        let records = page.0.iter().map(|(k, d)| (k.as_slice(), d.value.as_slice(), d.version));
+        PdState::load(records).map_err(|e| ApiError::Internal(format!("the PD state is invalid: {e}")))
+    }
+
+    /// Commits `writes` as one transaction and applies them to the leader state.
+    async fn commit(&self, replica: &Replica, leader: &mut Leader, writes: Writes) -> Result<u64, ApiError> {
+        let (compares, ops) = writes.to_ops(&leader.state);
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                KeyOp::Put(key, value) => TxnOp::Put { key, value },
+                KeyOp::Delete(key) => TxnOp::Delete { key },
+            })
+            .collect();
+        let cmd = ShardCommand {
+            session: Session::default(),
+            ts_ms: now_ms(),
+            range_version: replica.descriptor().epoch.version,
+            op: KvWrite::Txn { compares, ops },
+        };
+        let version = match replica.group.write(cmd).await {
+            Ok(CommandResponse::Txn { version }) => version,
+            Ok(CommandResponse::ConditionFailed { current_version }) => {
+                // Someone else wrote: this leader's view is stale. Reload next time.
+                leader.term = 0;
+                return Err(ApiError::Unavailable(format!(
+                    "the PD state changed under this leader (version {current_version}); retry"
+                )));
+            }
+            Ok(other) => return Err(ApiError::Internal(format!("unexpected PD write result {other:?}"))),
+            Err(crate::raft::GroupError::NotLeader(hint)) => {
+                leader.term = 0;
+                return Err(ApiError::NotLeader { shard: PD_SHARD, leader: hint });
+            }
+            Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+        };
+        leader.state.apply(&writes, version);
+        for e in &writes.events {
+            tracing::info!(seq = e.seq, "PD event: {}", e.message);
+        }
+        if !writes.shards.is_empty() {
+            let ids: Vec<ShardId> = writes.shards.iter().map(|s| s.descriptor.id).collect();
+            publish(leader, &ids);
+        }
+        Ok(version)
+    }
+
+    async fn tick(&self) -> Result<(), ApiError> {
+        let mut guard = self.lead().await?;
+        let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        if let Some(writes) = placement::create_initial_shards(&leader.state, &leader.observed, now_ms()) {
+            let replica = self.group()?;
+            self.commit(&replica, leader, writes).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn register(&self, req: RegisterNode) -> Result<(NodeId, u64), ApiError> {
+        let mut guard = self.lead().await?;
+        let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        let (id, writes) = placement::register(&leader.state, &req, now_ms()).map_err(pd_error)?;
+        if !writes.is_empty() {
+            let replica = self.group()?;
+            self.commit(&replica, leader, writes).await?;
+        }
+        let cluster_id = leader.state.cluster.as_ref().map(|c| c.cluster_id).unwrap_or(0);
+        Ok((id, cluster_id))
+    }
+
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<Vec<NodeCommand>, ApiError> {
+        let mut guard = self.lead().await?;
+        let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        let outcome = placement::heartbeat(&leader.state, &mut leader.observed, &hb, now_ms()).map_err(pd_error)?;
+        if !outcome.leader_changed.is_empty() {
+            publish(leader, &outcome.leader_changed);
+        }
+        if !outcome.writes.is_empty() {
+            let replica = self.group()?;
+            self.commit(&replica, leader, outcome.writes).await?;
+        }
+        Ok(outcome.commands)
+    }
+
+    pub async fn locate(&self, key: &[u8]) -> Result<(ShardRoute, u64), ApiError> {
+        let guard = self.lead().await?;
+        let leader = guard.as_ref().expect("lead() returns a loaded leader");
+        let shard = leader
+            .state
+            .shard_for_key(key)
+            .ok_or_else(|| ApiError::Unavailable("no shard holds this key yet (initial shards not created)".into()))?;
+        Ok((placement::route(&leader.state, &leader.observed, shard), leader.revision))
+    }
+
+    pub async fn list_shards(&self, range: &KeyRange, limit: u32) -> Result<(Vec<ShardRoute>, u64), ApiError> {
+        let guard = self.lead().await?;
+        let leader = guard.as_ref().expect("lead() returns a loaded leader");
+        let limit = if limit == 0 { usize::MAX } else { limit as usize };
+        let routes = leader
+            .state
+            .shards_in(range)
+            .into_iter()
+            .take(limit)
+            .map(|s| placement::route(&leader.state, &leader.observed, s))
+            .collect();
+        Ok((routes, leader.revision))
+    }
+
+    pub async fn cluster(&self, events: u32) -> Result<ClusterStatus, ApiError> {
+        let guard = self.lead().await?;
+        let leader = guard.as_ref().expect("lead() returns a loaded leader");
+        let me = Some((self.node, self.addr.clone()));
+        let events = events.min(placement::model::EVENTS_KEPT as u32) as usize;
+        Ok(placement::cluster_status(&leader.state, &leader.observed, now_ms(), me, leader.revision, events))
+    }
+
+    /// Starts a watch: the events to send first (changes after `from_revision`,
+    /// or one full map) and the receiver of later changes.
+    pub async fn watch(
+        &self,
+        from_revision: u64,
+    ) -> Result<(Vec<ShardMapEvent>, broadcast::Receiver<ShardMapEvent>), ApiError> {
+        let guard = self.lead().await?;
+        let leader = guard.as_ref().expect("lead() returns a loaded leader");
+        let rx = leader.events.subscribe();
+        let oldest = leader.ring.front().map(|e| e.revision).unwrap_or(leader.revision + 1);
+        let resumable = from_revision >> 32 == leader.term
+            && from_revision <= leader.revision
+            && from_revision + 1 >= oldest.min(leader.revision + 1);
+        let first = if resumable {
+            leader.ring.iter().filter(|e| e.revision > from_revision).cloned().collect()
+        } else {
+            vec![full_map(leader)]
+        };
+        Ok((first, rx))
+    }
+
+    /// The whole map as one event (for a watcher that fell behind).
+    pub async fn full_map(&self) -> Result<ShardMapEvent, ApiError> {
+        let guard = self.lead().await?;
+        Ok(full_map(guard.as_ref().expect("lead() returns a loaded leader")))
+    }
+}
+
+fn full_map(leader: &Leader) -> ShardMapEvent {
+    let shards = leader.state.shards.values().map(|s| placement::route(&leader.state, &leader.observed, s)).collect();
+    ShardMapEvent { revision: leader.revision, full: true, shards, removed: Vec::new() }
+}
+
+/// Publishes the current routes of `shards` as the next revision.
+fn publish(leader: &mut Leader, shards: &[ShardId]) {
+    leader.revision += 1;
+    let routes = shards
+        .iter()
+        .filter_map(|id| leader.state.shards.get(id))
+        .map(|s| placement::route(&leader.state, &leader.observed, s))
+        .collect();
+    let removed = shards.iter().filter(|id| !leader.state.shards.contains_key(id)).copied().collect();
+    let event = ShardMapEvent { revision: leader.revision, full: false, shards: routes, removed };
+    if leader.ring.len() == WATCH_RING {
+        leader.ring.pop_front();
+    }
+    leader.ring.push_back(event.clone());
+    // No receivers is fine: nobody is watching.
+    let _ = leader.events.send(event);
+}
