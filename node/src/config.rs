@@ -140,7 +140,9 @@ impl NodeConfig {
             }
         }
         if self.pd_endpoints().is_empty() {
-            return Err("no placement driver given: set pd (--pd ADDRS) or initial-pd (--initial-pd ID=ADDR,...)".into());
+            return Err(
+                "no placement driver given: set pd (--pd ADDRS) or initial-pd (--initial-pd ID=ADDR,...)".into()
+            );
         }
         if let Some(rf) = self.replication_factor
             && !(1..=7).contains(&rf)

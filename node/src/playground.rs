@@ -4,8 +4,8 @@
 //! driver's members (`--initial-pd`), the others join with `--pd`. The data
 //! directory is reused on the next start; `playground.json` lists the nodes
 //! (id, pid, address, data directory, log). A child killed from outside stays
-//! dead (it is reported, never restarted); Ctrl-C stops every child with
-//! SIGTERM and waits for it.
+//! dead (it is reported, never restarted); Ctrl-C (or SIGTERM, SIGHUP) stops
+//! every child with SIGTERM and waits for it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -59,8 +59,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
     let addrs: Vec<String> = (0..args.nodes).map(|i| format!("127.0.0.1:{}", args.base_port + i as u16)).collect();
     let pd_addrs: Vec<String> = addrs.iter().take(PD_MEMBERS).cloned().collect();
-    let initial_pd =
-        pd_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let initial_pd = pd_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
     let mut children = Vec::new();
     let mut listed = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
@@ -147,7 +146,13 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             }
         })));
     }
-    tokio::signal::ctrl_c().await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
     println!("stopping...");
     for (tx, handle) in waits {
         let _ = tx.send(());

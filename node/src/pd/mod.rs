@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_placement::{self as placement, Observed, PdState, Writes, model::KeyOp};
 use cairn_proto::{
-    ApiError, ClusterSettings, ClusterStatus, Heartbeat, KeyRange, NodeCommand, NodeId, RegisterNode, Session,
-    ShardId, ShardMapEvent, ShardRoute,
+    ApiError, ClusterSettings, ClusterStatus, Heartbeat, KeyRange, NodeCommand, NodeId, RegisterNode, Session, ShardId,
+    ShardMapEvent, ShardRoute,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_util::sync::CancellationToken;

@@ -129,8 +129,7 @@ impl ProcessCluster {
         let pd_members = &nodes[..n.min(PD_MEMBERS)];
         let members = pd_members.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
         let pd = pd_members.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>().join(",");
-        let mut cluster =
-            ProcessCluster { dir: Some(dir), config_path, members, pd, shards, nodes, succeeded: false };
+        let mut cluster = ProcessCluster { dir: Some(dir), config_path, members, pd, shards, nodes, succeeded: false };
         for i in 0..n {
             cluster.spawn(i)?;
         }
