@@ -28,6 +28,16 @@ struct Metrics {
     snapshots_received: Counter,
     snapshot_bytes_received: Counter,
     snapshot_seconds: Histogram,
+    pd_requests: Family<PdLabels, Counter>,
+    pd_commits: Family<PdLabels, Counter>,
+    heartbeats_sent: Family<PdLabels, Counter>,
+}
+
+/// `op`: a PD method (or commit kind); `result`: `ok` or an error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PdLabels {
+    pub op: &'static str,
+    pub result: &'static str,
 }
 
 fn metrics() -> &'static Metrics {
@@ -43,6 +53,16 @@ fn metrics() -> &'static Metrics {
         let snapshots_received = Counter::default();
         let snapshot_bytes_received = Counter::default();
         let snapshot_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let pd_requests = Family::<PdLabels, Counter>::default();
+        let pd_commits = Family::<PdLabels, Counter>::default();
+        let heartbeats_sent = Family::<PdLabels, Counter>::default();
+        registry.register("pd_requests", "PD requests answered by this node as PD leader", pd_requests.clone());
+        registry.register("pd_commits", "PD state transactions by result", pd_commits.clone());
+        registry.register(
+            "pd_heartbeats_sent",
+            "Heartbeats this node sent to the PD, by result",
+            heartbeats_sent.clone(),
+        );
         registry.register("kv_requests", "KV requests by operation and result code", requests.clone());
         registry.register("kv_request_seconds", "KV request latency", request_seconds.clone());
         registry.register("snapshots_sent", "Snapshots streamed to peers", snapshots_sent.clone());
@@ -59,8 +79,30 @@ fn metrics() -> &'static Metrics {
             snapshots_received,
             snapshot_bytes_received,
             snapshot_seconds,
+            pd_requests,
+            pd_commits,
+            heartbeats_sent,
         }
     })
+}
+
+fn result_label<T>(r: &Result<T, cairn_proto::ApiError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
+    }
+}
+
+pub fn pd_request<T>(op: &'static str, r: &Result<T, cairn_proto::ApiError>) {
+    metrics().pd_requests.get_or_create(&PdLabels { op, result: result_label(r) }).inc();
+}
+
+pub fn pd_commit<T>(r: &Result<T, cairn_proto::ApiError>) {
+    metrics().pd_commits.get_or_create(&PdLabels { op: "txn", result: result_label(r) }).inc();
+}
+
+pub fn heartbeat_sent<T>(r: &Result<T, cairn_proto::ApiError>) {
+    metrics().heartbeats_sent.get_or_create(&PdLabels { op: "heartbeat", result: result_label(r) }).inc();
 }
 
 pub fn request(op: &'static str, code: &'static str, elapsed: Duration) {

@@ -78,7 +78,9 @@ pub fn spawn(
             }
             if registered {
                 let hb = heartbeat(&node, cluster_id);
-                match pd.heartbeat(&hb).await {
+                let sent = pd.heartbeat(&hb).await;
+                crate::metrics::heartbeat_sent(&sent);
+                match sent {
                     Ok((commands, next)) => {
                         if failures > 0 {
                             tracing::info!(after = failures, "placement driver reachable again");

@@ -182,6 +182,12 @@ impl PdRuntime {
 
     /// Commits `writes` as one transaction and applies them to the leader state.
     async fn commit(&self, replica: &Replica, leader: &mut Leader, writes: Writes) -> Result<u64, ApiError> {
+        let r = self.commit_inner(replica, leader, writes).await;
+        crate::metrics::pd_commit(&r);
+        r
+    }
+
+    async fn commit_inner(&self, replica: &Replica, leader: &mut Leader, writes: Writes) -> Result<u64, ApiError> {
         let (compares, ops) = writes.to_ops(&leader.state);
         let ops = ops
             .into_iter()

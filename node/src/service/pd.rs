@@ -85,6 +85,12 @@ impl PdService {
     }
 }
 
+/// Records a request this node answered as PD leader.
+fn counted<T>(op: &'static str, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    crate::metrics::pd_request(op, &r);
+    r
+}
+
 fn status(e: ApiError) -> Status {
     e.to_status()
 }
@@ -98,7 +104,7 @@ impl Pd for PdService {
         let up = self.upstream(&request)?;
         let req = RegisterNode::try_from(request.into_inner()).map_err(status)?;
         let (node, cluster_id) = match up {
-            Upstream::Local(pd) => pd.register(req).await,
+            Upstream::Local(pd) => counted("register", pd.register(req).await),
             Upstream::Remote(c) => c.register_node(&req).await,
         }
         .map_err(status)?;
@@ -112,7 +118,7 @@ impl Pd for PdService {
         let up = self.upstream(&request)?;
         let hb = Heartbeat::try_from(request.into_inner()).map_err(status)?;
         let commands = match up {
-            Upstream::Local(pd) => pd.heartbeat(hb).await,
+            Upstream::Local(pd) => counted("heartbeat", pd.heartbeat(hb).await),
             Upstream::Remote(c) => c.heartbeat(&hb).await.map(|(commands, _)| commands),
         }
         .map_err(status)?;
@@ -125,7 +131,7 @@ impl Pd for PdService {
         let up = self.upstream(&request)?;
         let key = request.into_inner().key;
         let (route, revision) = match up {
-            Upstream::Local(pd) => pd.locate(&key).await,
+            Upstream::Local(pd) => counted("locate", pd.locate(&key).await),
             Upstream::Remote(c) => c.locate(&key).await,
         }
         .map_err(status)?;
@@ -140,7 +146,7 @@ impl Pd for PdService {
         let req = request.into_inner();
         let range = KeyRange { start: req.start, end: req.end };
         let (routes, revision) = match up {
-            Upstream::Local(pd) => pd.list_shards(&range, req.limit).await,
+            Upstream::Local(pd) => counted("list_shards", pd.list_shards(&range, req.limit).await),
             Upstream::Remote(c) => c.list_shards(&range, req.limit).await,
         }
         .map_err(status)?;
@@ -157,7 +163,7 @@ impl Pd for PdService {
         let from = request.into_inner().from_revision;
         let stream: EventStream = match up {
             Upstream::Local(pd) => {
-                let (first, rx) = pd.watch(from).await.map_err(status)?;
+                let (first, rx) = counted("watch", pd.watch(from).await).map_err(status)?;
                 let (tx, out) = mpsc::channel(WATCH_BUFFER);
                 tokio::spawn(feed_watcher(pd, first, rx, tx));
                 Box::pin(ReceiverStream::new(out))
@@ -177,7 +183,7 @@ impl Pd for PdService {
         let up = self.upstream(&request)?;
         let events = request.into_inner().events;
         let cluster = match up {
-            Upstream::Local(pd) => pd.cluster(events).await,
+            Upstream::Local(pd) => counted("cluster", pd.cluster(events).await),
             Upstream::Remote(c) => c.cluster(events).await,
         }
         .map_err(status)?;
