@@ -2,36 +2,86 @@
 //! package (so `cargo run --bin cairnctl` works from the workspace root) and calls
 //! [`main`].
 //!
-//! It talks to the cluster through one node (`--node`, a [`DirectClient`] seed) until the
-//! placement driver exists. Keys on the command line are UTF-8 strings and are printed
-//! with `display_key` (text when printable, `0x..` hex otherwise).
+//! Where it talks:
+//! - By default, to the placement driver: `--pd ADDRS` (env `CAIRN_PD`, a comma-separated
+//!   list of PD members, default `127.0.0.1:7700`). The data verbs (`put`, `get`,
+//!   `delete`, `scan`) go through a [`Client`] routed by the PD's shard map.
+//! - `--node ADDR` (env `CAIRN_NODE`) switches the data verbs to one node instead, through
+//!   a [`DirectClient`] seeded there (no PD needed). `node-shards` always asks the nodes
+//!   (through `--node`, default `127.0.0.1:7700`).
+//! - `status`, `nodes` and `shards` always ask the PD (`GetCluster`).
+//!
+//! Keys on the command line are UTF-8 strings. Keys and range bounds are printed with
+//! [`display_key`]: the UTF-8 text when every character is printable, else `0x` followed
+//! by lowercase hex (so a text key that itself starts with `0x` and a binary key can look
+//! alike); an empty range end means "to the end of the key space".
 //!
 //! Contract with scripts:
 //! - Results go to stdout, as aligned tables (`--output table`, the default) or JSON
-//!   (`--output json`; a document's `value` is embedded as JSON, exactly as stored).
+//!   (`--output json`, pretty-printed; a document's `value` is embedded as JSON, exactly
+//!   as stored).
 //! - Failures print one line `error: <message>` to stderr. Exit code 0 on success, 1 when
-//!   the key was not found (`get`, `delete`), 2 on any other error.
+//!   the key was not found (`get`, `delete`; stderr says `error: not found: KEY`), 2 on
+//!   any other error.
 //! - Documents are validated as JSON before they are sent, and sent as the text given
-//!   (only surrounding JSON whitespace is trimmed), never re-encoded.
+//!   (only surrounding JSON whitespace is trimmed), never re-encoded. A document (from
+//!   the argument or from stdin with `-`) may be at most [`VALUE_BYTES_MAX`] (1 MiB).
+//!
+//! JSON output, stable (fields may be added, never renamed or removed):
+//! - `put`: `{"key": "k", "version": 12}`
+//! - `get`: `{"key": "k", "version": 12, "created_at_ms": 1700000000000,
+//!   "updated_at_ms": 1700000000000, "value": <the stored JSON>}`; `scan`: an array of
+//!   such objects, in key order.
+//! - `delete`: `{"key": "k", "deleted": true, "version": 13}` (`version`: the log index of
+//!   the delete).
+//! - `status`: `{"pd_leader": 1 | null, "pd_leader_addr": "host:port" | null,
+//!   "nodes_up": 3, "nodes_total": 3, "shards": 4, "under_replicated": 0,
+//!   "cluster_id": 7}`. `nodes_total` counts the nodes not removed; `nodes_up` those in
+//!   state `up`; `under_replicated` the shards with fewer live voters than the
+//!   replication factor.
+//! - `nodes`: `[{"id": 1, "addr": "host:port", "state": "up" | "down" | "draining" |
+//!   "removed", "replicas": 4, "leaders": 2, "size_bytes": 1024, "db_bytes": 65536,
+//!   "pd_member": true, "last_heartbeat_ms_ago": 120 | null}]` (`null`: not heard from
+//!   since the current PD leader took over).
+//! - `shards`: `[{"id": 1, "start": "", "end": "m", "epoch": {"conf_ver": 1,
+//!   "version": 1}, "replicas": [{"node": 1, "addr": "host:port", "role": "voter" |
+//!   "learner"}], "leader": 1 | null, "size_bytes": 1024, "keys": 10}]`, in key order.
+//! - `node-shards`: `[{"id", "start", "end", "epoch", "role", "leader", "leader_addr",
+//!   "applied_index", "replicas"}]`: each shard as the most trusted replica reports it.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::MESSAGE_BYTES_MAX;
-use crate::{ClientConfig, DirectClient};
+use crate::client::SCAN_PAGE_DOCS_DEFAULT;
+use crate::config::VALUE_BYTES_MAX;
+use crate::{Client, ClientConfig, DirectClient, PdClient, ScanOptions};
 use anyhow::{Context, bail};
-use cairn_proto::{Document, Epoch, NodeId, RaftRole, ReplicaRole, ShardStatus, display_key};
+use cairn_proto::{
+    ClusterStatus, Document, Epoch, KeyRange, NodeId, NodeInfo, NodeState, RaftRole, ReplicaRole, ShardInfo,
+    ShardStatus, display_key,
+};
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+/// The node `node-shards` asks when `--node` is not given.
+const DEFAULT_NODE: &str = "127.0.0.1:7700";
+
+/// Recent PD events `status` shows in table output.
+const STATUS_EVENTS: u32 = 5;
 
 #[derive(Debug, Parser)]
 #[command(name = "cairnctl", version, about = "Read, write and inspect a Cairn cluster")]
 struct Cli {
-    /// Address (host:port) of the node to talk to.
-    #[arg(long, global = true, env = "CAIRN_NODE", default_value = "127.0.0.1:7700")]
-    node: String,
+    /// Placement-driver members to talk to (host:port, comma separated).
+    #[arg(long, global = true, env = "CAIRN_PD", default_value = "127.0.0.1:7700")]
+    pd: String,
+    /// Send put/get/delete/scan to this node (host:port) without the placement driver.
+    #[arg(long, global = true, env = "CAIRN_NODE")]
+    node: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -53,13 +103,14 @@ enum Command {
     /// Store a JSON document at KEY.
     Put {
         key: String,
-        /// The document as JSON text, or "-" to read it from stdin.
+        /// The document as JSON text, or "-" to read it from stdin (at most 1 MiB).
+        #[arg(value_name = "VALUE")]
         json: String,
         /// Write only if the document is at this version (0: only if it does not exist).
         #[arg(long)]
         expected_version: Option<u64>,
     },
-    /// Print the document at KEY (exit code 1 if there is none).
+    /// Print the document at KEY with its version (exit code 1 if there is none).
     Get { key: String },
     /// Delete the document at KEY (exit code 1 if there was none).
     Delete {
@@ -83,8 +134,14 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// List the shards of the cluster: range, epoch, leader and progress.
+    /// Summarise the cluster: PD leader, nodes up, shards, under-replicated shards.
+    Status,
+    /// List the nodes as the placement driver sees them.
+    Nodes,
+    /// List the shards as the placement driver sees them: range, epoch, replicas, leader, size.
     Shards,
+    /// List the shards as the nodes report them (through --node), without the placement driver.
+    NodeShards,
 }
 
 /// How a command that did not fail ended.
@@ -130,20 +187,77 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// Where the data verbs go: the PD-routed client, or one node.
+enum Store {
+    Pd(Client),
+    Node(Box<DirectClient>),
+}
+
+impl Store {
+    /// Opens the store the flags ask for: the node if `node` is set, else the PD.
+    /// Connecting to the PD loads its shard map, which counts against `deadline`.
+    async fn open(pd: &str, node: Option<&str>, config: ClientConfig, deadline: Instant) -> anyhow::Result<Store> {
+        if let Some(node) = node {
+            return Ok(Store::Node(Box::new(DirectClient::new(node, config)?)));
+        }
+        let client = Client::connect_with(pd, config)
+            .await
+            .with_context(|| format!("connecting to the placement driver at {pd}"))?;
+        Ok(Store::Pd(client.with_operation_timeout(deadline.saturating_duration_since(Instant::now()))))
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8], expected: Option<u64>) -> anyhow::Result<u64> {
+        Ok(match self {
+            Store::Pd(c) => c.put_raw(key, value, expected).await?,
+            Store::Node(c) => c.put(key, value, expected).await?,
+        })
+    }
+
+    async fn get(&self, key: &[u8]) -> anyhow::Result<Option<Document>> {
+        Ok(match self {
+            Store::Pd(c) => c.get(key).await?,
+            Store::Node(c) => c.get(key).await?,
+        })
+    }
+
+    async fn delete(&self, key: &[u8], expected: Option<u64>) -> anyhow::Result<(bool, u64)> {
+        Ok(match self {
+            Store::Pd(c) => c.delete_raw(key, expected).await?,
+            Store::Node(c) => c.delete(key, expected).await?,
+        })
+    }
+
+    async fn scan(&self, range: KeyRange, limit: usize) -> anyhow::Result<Vec<Document>> {
+        Ok(match self {
+            Store::Pd(c) => {
+                let page_docs = u32::try_from(limit).unwrap_or(u32::MAX).min(SCAN_PAGE_DOCS_DEFAULT);
+                c.scan_with(range, ScanOptions { limit: Some(limit), page_docs }).try_collect().await?
+            }
+            Store::Node(c) => c.scan_range(&range.start, &range.end, limit).await?,
+        })
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let deadline = Instant::now() + cli.timeout;
     let config = ClientConfig {
         connect_timeout: cli.timeout.min(ClientConfig::default().connect_timeout),
         request_timeout: cli.timeout,
         operation_timeout: cli.timeout,
         ..ClientConfig::default()
     };
-    let client = DirectClient::new(cli.node.clone(), config)?;
-    let out = cli.output;
-    match cli.command {
+    let Cli { pd, node, output: out, command, .. } = cli;
+    let open = |config| Store::open(&pd, node.as_deref(), config, deadline);
+    match command {
         Command::Put { key, json, expected_version } => {
-            let text = if json == "-" { read_stdin()? } else { json };
+            // Read and check the document before connecting: bad input fails fast.
+            let text = if json == "-" {
+                read_document(std::io::stdin().lock(), "stdin")?
+            } else {
+                check_size(json, "the document")?
+            };
             let text = validate_json(&text)?;
-            let version = client.put(key.as_bytes(), text.as_bytes(), expected_version).await?;
+            let version = open(config).await?.put(key.as_bytes(), text.as_bytes(), expected_version).await?;
             let key = display_key(key.as_bytes());
             print(&match out {
                 Output::Table => render_fields(&[("key", key), ("version", version.to_string())]),
@@ -151,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             })?;
         }
         Command::Get { key } => {
-            let Some(doc) = client.get(key.as_bytes()).await? else {
+            let Some(doc) = open(config).await?.get(key.as_bytes()).await? else {
                 return Ok(Outcome::NotFound(display_key(key.as_bytes())));
             };
             print(&match out {
@@ -160,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             })?;
         }
         Command::Delete { key, expected_version } => {
-            let (deleted, version) = client.delete(key.as_bytes(), expected_version).await?;
+            let (deleted, version) = open(config).await?.delete(key.as_bytes(), expected_version).await?;
             let key = display_key(key.as_bytes());
             if !deleted {
                 return Ok(Outcome::NotFound(key));
@@ -173,28 +287,55 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             })?;
         }
         Command::Scan { prefix, start, end, limit } => {
-            let docs = match prefix {
-                Some(prefix) => client.scan_prefix(prefix.as_bytes(), limit).await?,
-                None => {
-                    let start = start.unwrap_or_default();
-                    let end = end.unwrap_or_default();
-                    client.scan_range(start.as_bytes(), end.as_bytes(), limit).await?
-                }
+            let range = match prefix {
+                Some(prefix) => KeyRange::prefix(prefix.as_bytes()),
+                None => KeyRange::new(start.unwrap_or_default(), end.unwrap_or_default()),
             };
+            let docs = open(config).await?.scan(range, limit).await?;
             print(&match out {
                 Output::Table => render_scan(&docs),
                 Output::Json => to_json(&docs.iter().map(DocumentJson::from).collect::<Vec<_>>())?,
             })?;
         }
-        Command::Shards => {
-            let shards = client.refresh().await?;
+        Command::Status => {
+            let events = if out == Output::Table { STATUS_EVENTS } else { 0 };
+            let status = cluster_status(&pd, config, events).await?;
             print(&match out {
-                Output::Table => render_shards(&shards),
+                Output::Table => render_status(&status),
+                Output::Json => to_json(&StatusJson::from(&status))?,
+            })?;
+        }
+        Command::Nodes => {
+            let status = cluster_status(&pd, config, 0).await?;
+            print(&match out {
+                Output::Table => render_nodes(&status.nodes),
+                Output::Json => to_json(&status.nodes.iter().map(NodeJson::from).collect::<Vec<_>>())?,
+            })?;
+        }
+        Command::Shards => {
+            let status = cluster_status(&pd, config, 0).await?;
+            let shards = sorted_shards(&status);
+            print(&match out {
+                Output::Table => render_pd_shards(&shards),
+                Output::Json => to_json(&shards.into_iter().map(PdShardJson::from).collect::<Vec<_>>())?,
+            })?;
+        }
+        Command::NodeShards => {
+            let node = node.unwrap_or_else(|| DEFAULT_NODE.to_string());
+            let shards = DirectClient::new(node, config)?.refresh().await?;
+            print(&match out {
+                Output::Table => render_node_shards(&shards),
                 Output::Json => to_json(&shards.iter().map(ShardJson::from).collect::<Vec<_>>())?,
             })?;
         }
     }
     Ok(Outcome::Done)
+}
+
+/// The cluster as the PD leader sees it, with up to `events` recent events.
+async fn cluster_status(pd: &str, config: ClientConfig, events: u32) -> anyhow::Result<ClusterStatus> {
+    let client = PdClient::from_list(pd, config)?;
+    client.cluster(events).await.with_context(|| format!("asking the placement driver at {pd}"))
 }
 
 /// Parses "10s", "500ms", "1m30s" (humantime) or plain seconds ("10", "2.5").
@@ -214,15 +355,29 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn read_stdin() -> anyhow::Result<String> {
+/// Reads a document of at most [`VALUE_BYTES_MAX`] bytes from `reader` (`source` names it
+/// in errors).
+fn read_document(reader: impl Read, source: &str) -> anyhow::Result<String> {
     let mut buf = Vec::new();
     // One byte more than allowed tells "exactly at the limit" from "over it".
-    let limit = MESSAGE_BYTES_MAX as u64 + 1;
-    std::io::stdin().take(limit).read_to_end(&mut buf).context("reading the document from stdin")?;
-    if buf.len() > MESSAGE_BYTES_MAX {
-        bail!("the document on stdin is larger than {MESSAGE_BYTES_MAX} bytes");
+    let limit = VALUE_BYTES_MAX as u64 + 1;
+    reader.take(limit).read_to_end(&mut buf).with_context(|| format!("reading the document from {source}"))?;
+    if buf.len() > VALUE_BYTES_MAX {
+        bail!("{}", too_large(&format!("the document on {source}")));
     }
-    String::from_utf8(buf).context("the document on stdin is not UTF-8")
+    String::from_utf8(buf).with_context(|| format!("the document on {source} is not UTF-8"))
+}
+
+/// `text` if it fits in [`VALUE_BYTES_MAX`] bytes.
+fn check_size(text: String, what: &str) -> anyhow::Result<String> {
+    if text.len() > VALUE_BYTES_MAX {
+        bail!("{}", too_large(what));
+    }
+    Ok(text)
+}
+
+fn too_large(what: &str) -> String {
+    format!("{what} is larger than 1 MiB ({VALUE_BYTES_MAX} bytes), the largest document a node accepts")
 }
 
 /// Checks that `text` is one JSON value and returns it without surrounding JSON
@@ -327,6 +482,103 @@ impl From<&ShardStatus> for ShardJson {
     }
 }
 
+/// `status --output json`; see the module docs for the contract.
+#[derive(Debug, PartialEq, Serialize)]
+struct StatusJson {
+    pd_leader: Option<NodeId>,
+    pd_leader_addr: Option<String>,
+    nodes_up: usize,
+    nodes_total: usize,
+    shards: usize,
+    under_replicated: usize,
+    cluster_id: u64,
+}
+
+impl From<&ClusterStatus> for StatusJson {
+    fn from(s: &ClusterStatus) -> Self {
+        StatusJson {
+            pd_leader: s.pd_leader.as_ref().map(|(id, _)| *id),
+            pd_leader_addr: s.pd_leader.as_ref().map(|(_, addr)| addr.clone()),
+            nodes_up: s.nodes.iter().filter(|n| n.state == NodeState::Up).count(),
+            nodes_total: s.nodes.iter().filter(|n| n.state != NodeState::Removed).count(),
+            shards: s.shards.len(),
+            under_replicated: s.under_replicated(),
+            cluster_id: s.cluster_id,
+        }
+    }
+}
+
+/// One element of `nodes --output json`.
+#[derive(Serialize)]
+struct NodeJson {
+    id: NodeId,
+    addr: String,
+    state: NodeState,
+    replicas: u64,
+    leaders: u64,
+    size_bytes: u64,
+    db_bytes: u64,
+    pd_member: bool,
+    last_heartbeat_ms_ago: Option<u64>,
+}
+
+impl From<&NodeInfo> for NodeJson {
+    fn from(n: &NodeInfo) -> Self {
+        NodeJson {
+            id: n.id,
+            addr: n.addr.clone(),
+            state: n.state,
+            replicas: n.replicas,
+            leaders: n.leaders,
+            size_bytes: n.size_bytes,
+            db_bytes: n.db_bytes,
+            pd_member: n.pd_member,
+            last_heartbeat_ms_ago: n.last_heartbeat_ms_ago,
+        }
+    }
+}
+
+/// One element of `shards --output json`.
+#[derive(Serialize)]
+struct PdShardJson {
+    id: u64,
+    start: String,
+    /// Empty means "to the end of the key space".
+    end: String,
+    epoch: Epoch,
+    replicas: Vec<ReplicaJson>,
+    leader: Option<NodeId>,
+    size_bytes: u64,
+    keys: u64,
+}
+
+impl From<&ShardInfo> for PdShardJson {
+    fn from(s: &ShardInfo) -> Self {
+        let d = &s.route.descriptor;
+        PdShardJson {
+            id: d.id.0,
+            start: display_key(&d.range.start),
+            end: display_key(&d.range.end),
+            epoch: d.epoch,
+            replicas: d
+                .replicas
+                .iter()
+                .map(|r| ReplicaJson { node: r.node, addr: r.addr.clone(), role: r.role })
+                .collect(),
+            leader: s.route.leader.as_ref().map(|(id, _)| *id),
+            size_bytes: s.size_bytes,
+            keys: s.key_count,
+        }
+    }
+}
+
+/// The PD's shards in key order.
+fn sorted_shards(status: &ClusterStatus) -> Vec<&ShardInfo> {
+    let mut shards: Vec<&ShardInfo> = status.shards.iter().collect();
+    shards.sort_by(|a, b| a.route.descriptor.range.start.cmp(&b.route.descriptor.range.start));
+    shards
+}
+
 /// Unix milliseconds as an RFC 3339 UTC timestamp.
 fn format_unix_ms(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
@@ -358,7 +610,7 @@ fn render_scan(docs: &[Document]) -> String {
     render_rows(&rows)
 }
 
-fn render_shards(shards: &[ShardStatus]) -> String {
+fn render_node_shards(shards: &[ShardStatus]) -> String {
     let header = ["ID", "RANGE", "EPOCH", "ROLE", "LEADER", "APPLIED"];
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     rows.extend(shards.iter().map(|s| {
@@ -374,6 +626,107 @@ fn render_shards(shards: &[ShardStatus]) -> String {
             s.role.as_str().to_string(),
             leader,
             s.applied_index.to_string(),
+        ]
+    }));
+    render_rows(&rows)
+}
+
+/// A node as "id (addr)".
+fn node_label(id: NodeId, addr: &str) -> String {
+    if addr.is_empty() { id.to_string() } else { format!("{id} ({addr})") }
+}
+
+/// Bytes for people: "512 B", "1.5 KiB", "96.0 MiB".
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn render_status(s: &ClusterStatus) -> String {
+    let summary = StatusJson::from(s);
+    let pd_leader = match &s.pd_leader {
+        Some((id, addr)) => node_label(*id, addr),
+        None => "none".to_string(),
+    };
+    let members: Vec<String> = s.pd_members.iter().map(|m| node_label(m.id, &m.addr)).collect();
+    let mut text = render_fields(&[
+        ("cluster_id", s.cluster_id.to_string()),
+        ("pd_leader", pd_leader),
+        ("pd_members", if members.is_empty() { "-".to_string() } else { members.join(", ") }),
+        ("nodes", format!("{} up of {}", summary.nodes_up, summary.nodes_total)),
+        ("shards", summary.shards.to_string()),
+        ("under_replicated", summary.under_replicated.to_string()),
+        ("replication", s.settings.replication_factor.to_string()),
+        ("revision", s.revision.to_string()),
+    ]);
+    if !s.events.is_empty() {
+        let mut rows = vec![vec!["EVENT AT".to_string(), "MESSAGE".to_string()]];
+        rows.extend(s.events.iter().map(|e| vec![format_unix_ms(e.at_ms), e.message.replace('\n', " ")]));
+        text.push('\n');
+        text.push_str(&render_rows(&rows));
+    }
+    text
+}
+
+fn render_nodes(nodes: &[NodeInfo]) -> String {
+    let header = ["ID", "ADDR", "STATE", "REPLICAS", "LEADERS", "SIZE", "DB", "PD", "HEARTBEAT"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    let mut nodes: Vec<&NodeInfo> = nodes.iter().collect();
+    nodes.sort_by_key(|n| n.id);
+    rows.extend(nodes.into_iter().map(|n| {
+        let heartbeat = match n.last_heartbeat_ms_ago {
+            Some(ms) => format!("{} ago", humantime_serde::re::humantime::format_duration(Duration::from_millis(ms))),
+            None => "-".to_string(),
+        };
+        vec![
+            n.id.to_string(),
+            n.addr.clone(),
+            n.state.as_str().to_string(),
+            n.replicas.to_string(),
+            n.leaders.to_string(),
+            human_bytes(n.size_bytes),
+            human_bytes(n.db_bytes),
+            if n.pd_member { "yes" } else { "-" }.to_string(),
+            heartbeat,
+        ]
+    }));
+    render_rows(&rows)
+}
+
+fn render_pd_shards(shards: &[&ShardInfo]) -> String {
+    let header = ["ID", "RANGE", "EPOCH", "LEADER", "REPLICAS", "KEYS", "SIZE"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    rows.extend(shards.iter().map(|s| {
+        let d = &s.route.descriptor;
+        let leader = match &s.route.leader {
+            Some((id, addr)) => node_label(*id, addr),
+            None => "-".to_string(),
+        };
+        let replicas: Vec<String> = d
+            .replicas
+            .iter()
+            .map(|r| match r.role {
+                ReplicaRole::Voter => r.node.to_string(),
+                ReplicaRole::Learner => format!("{}(learner)", r.node),
+            })
+            .collect();
+        vec![
+            d.id.to_string(),
+            d.range.to_string(),
+            d.epoch.to_string(),
+            leader,
+            replicas.join(","),
+            s.key_count.to_string(),
+            human_bytes(s.size_bytes),
         ]
     }));
     render_rows(&rows)
@@ -405,7 +758,7 @@ fn render_rows(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::{KeyRange, ReplicaDescriptor, ShardDescriptor, ShardId};
+    use cairn_proto::{ClusterSettings, PdEvent, ReplicaDescriptor, ShardDescriptor, ShardId, ShardRoute};
 
     fn doc(key: &[u8], value: &str) -> Document {
         Document {
@@ -485,7 +838,7 @@ mod tests {
             applied_index: 42,
             last_log_index: 42,
         };
-        let table = render_shards(std::slice::from_ref(&s));
+        let table = render_node_shards(std::slice::from_ref(&s));
         assert_eq!(
             table,
             "ID  RANGE      EPOCH  ROLE    LEADER   APPLIED\n4   [m, +inf)  2.3    leader  1 (h:1)  42\n"
@@ -507,5 +860,225 @@ mod tests {
         assert_eq!(cli.output, Output::Json);
         assert_eq!(cli.timeout, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["cairnctl", "scan", "--prefix", "a", "--start", "b"]).is_err());
+    }
+
+    /// Parses with the environment variables the flags read cleared, so the machine's
+    /// `CAIRN_PD`/`CAIRN_NODE` cannot change the outcome.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_arg("pd", |a| a.env(None::<&str>)).mut_arg("node", |a| a.env(None::<&str>));
+        Cli::from_arg_matches(&command.try_get_matches_from(args)?)
+    }
+
+    #[test]
+    fn cli_defaults_to_the_pd_and_switches_to_a_node() {
+        let cli = parse(&["cairnctl", "get", "k"]).unwrap();
+        assert_eq!((cli.pd.as_str(), cli.node.as_deref()), ("127.0.0.1:7700", None));
+        let cli = parse(&["cairnctl", "status", "--pd", "a:1,b:2", "--output", "json"]).unwrap();
+        assert_eq!(cli.pd, "a:1,b:2");
+        assert!(matches!(cli.command, Command::Status));
+        let cli = parse(&["cairnctl", "--node", "n:1", "put", "k", "-", "--expected-version", "0"]).unwrap();
+        assert_eq!(cli.node.as_deref(), Some("n:1"));
+        assert!(matches!(cli.command, Command::Put { ref json, expected_version: Some(0), .. } if json == "-"));
+        for verb in ["nodes", "shards", "node-shards"] {
+            assert!(parse(&["cairnctl", verb]).is_ok(), "{verb}");
+        }
+        let cli = parse(&["cairnctl", "scan", "--start", "a", "--end", "b", "--limit", "5"]).unwrap();
+        assert!(matches!(cli.command, Command::Scan { limit: 5, prefix: None, .. }));
+        assert!(parse(&["cairnctl", "put", "k"]).is_err(), "VALUE is required");
+        assert!(parse(&["cairnctl", "frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn documents_are_bounded_to_one_mib() {
+        let exact = "1".repeat(VALUE_BYTES_MAX);
+        assert_eq!(read_document(exact.as_bytes(), "stdin").unwrap().len(), VALUE_BYTES_MAX);
+        let over = "1".repeat(VALUE_BYTES_MAX + 1);
+        let err = read_document(over.as_bytes(), "stdin").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the document on stdin is larger than 1 MiB (1048576 bytes), the largest document a node accepts"
+        );
+        assert!(check_size(over, "the document").is_err());
+        assert!(check_size(exact, "the document").is_ok());
+        assert!(read_document(&[0xff, 0xfe][..], "stdin").is_err(), "not UTF-8");
+    }
+
+    fn node_info(id: u64, state: NodeState, heartbeat: Option<u64>) -> NodeInfo {
+        NodeInfo {
+            id: NodeId(id),
+            addr: format!("10.0.0.{id}:7700"),
+            state,
+            capacity_bytes: 0,
+            labels: Default::default(),
+            last_heartbeat_ms_ago: heartbeat,
+            replicas: 2,
+            leaders: id - 1,
+            size_bytes: 1536,
+            db_bytes: 3 << 20,
+            pd_member: id == 1,
+        }
+    }
+
+    fn cluster() -> ClusterStatus {
+        let replica = |n: u64, role| ReplicaDescriptor { node: NodeId(n), addr: format!("10.0.0.{n}:7700"), role };
+        let shard =
+            |id: u64, start: &[u8], end: &[u8], leader: Option<u64>, replicas: Vec<ReplicaDescriptor>| ShardInfo {
+                route: ShardRoute {
+                    descriptor: ShardDescriptor {
+                        id: ShardId(id),
+                        range: KeyRange::new(start.to_vec(), end.to_vec()),
+                        epoch: Epoch { conf_ver: 2, version: id },
+                        replicas,
+                    },
+                    leader: leader.map(|n| (NodeId(n), format!("10.0.0.{n}:7700"))),
+                },
+                key_count: id * 10,
+                size_bytes: id * 1000,
+                term: 3,
+                applied_index: 40,
+            };
+        let nodes = vec![
+            node_info(2, NodeState::Up, Some(250)),
+            node_info(1, NodeState::Up, Some(90)),
+            node_info(3, NodeState::Down, None),
+            node_info(4, NodeState::Removed, None),
+        ];
+        ClusterStatus {
+            cluster_id: 7,
+            pd_leader: Some((NodeId(1), "10.0.0.1:7700".into())),
+            pd_members: vec![nodes[1].clone()],
+            // Shard 2 (listed first) starts at "m"; shard 1 at the start of the key space.
+            shards: vec![
+                shard(2, b"m", b"", None, vec![replica(1, ReplicaRole::Voter), replica(2, ReplicaRole::Voter)]),
+                shard(
+                    1,
+                    b"",
+                    b"m",
+                    Some(2),
+                    vec![
+                        replica(1, ReplicaRole::Voter),
+                        replica(2, ReplicaRole::Voter),
+                        replica(3, ReplicaRole::Learner),
+                    ],
+                ),
+            ],
+            nodes,
+            settings: ClusterSettings { replication_factor: 2, ..Default::default() },
+            revision: 12,
+            events: vec![PdEvent { seq: 1, at_ms: 1_500, message: "bootstrapped".into() }],
+        }
+    }
+
+    #[test]
+    fn status_json_contract() {
+        let json = serde_json::to_value(StatusJson::from(&cluster())).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "pd_leader": 1, "pd_leader_addr": "10.0.0.1:7700", "nodes_up": 2, "nodes_total": 3,
+                "shards": 2, "under_replicated": 0, "cluster_id": 7
+            })
+        );
+        let mut leaderless = cluster();
+        leaderless.pd_leader = None;
+        // Node 1 goes down: both shards are left with one live voter of the two required.
+        leaderless.nodes.iter_mut().find(|n| n.id == NodeId(1)).unwrap().state = NodeState::Down;
+        let json = serde_json::to_value(StatusJson::from(&leaderless)).unwrap();
+        assert_eq!(json["pd_leader"], serde_json::Value::Null);
+        assert_eq!(json["pd_leader_addr"], serde_json::Value::Null);
+        assert_eq!((json["nodes_up"].as_u64(), json["under_replicated"].as_u64()), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn nodes_json_contract() {
+        let json = serde_json::to_value(cluster().nodes.iter().map(NodeJson::from).collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            json[0],
+            serde_json::json!({
+                "id": 2, "addr": "10.0.0.2:7700", "state": "up", "replicas": 2, "leaders": 1,
+                "size_bytes": 1536, "db_bytes": 3145728, "pd_member": false, "last_heartbeat_ms_ago": 250
+            })
+        );
+        assert_eq!(json[2]["state"], "down");
+        assert_eq!(json[2]["last_heartbeat_ms_ago"], serde_json::Value::Null);
+        assert_eq!(json[1]["pd_member"], true);
+        assert_eq!(json[3]["state"], "removed");
+    }
+
+    #[test]
+    fn shards_json_contract_is_in_key_order() {
+        let status = cluster();
+        let json = serde_json::to_value(sorted_shards(&status).into_iter().map(PdShardJson::from).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {
+                    "id": 1, "start": "", "end": "m", "epoch": {"conf_ver": 2, "version": 1},
+                    "replicas": [
+                        {"node": 1, "addr": "10.0.0.1:7700", "role": "voter"},
+                        {"node": 2, "addr": "10.0.0.2:7700", "role": "voter"},
+                        {"node": 3, "addr": "10.0.0.3:7700", "role": "learner"}
+                    ],
+                    "leader": 2, "size_bytes": 1000, "keys": 10
+                },
+                {
+                    "id": 2, "start": "m", "end": "", "epoch": {"conf_ver": 2, "version": 2},
+                    "replicas": [
+                        {"node": 1, "addr": "10.0.0.1:7700", "role": "voter"},
+                        {"node": 2, "addr": "10.0.0.2:7700", "role": "voter"}
+                    ],
+                    "leader": null, "size_bytes": 2000, "keys": 20
+                }
+            ])
+        );
+        // Binary range bounds are printed as hex.
+        let mut binary = cluster();
+        binary.shards[0].route.descriptor.range.start = vec![0x00, 0xff];
+        let json = serde_json::to_value(PdShardJson::from(&binary.shards[0])).unwrap();
+        assert_eq!(json["start"], "0x00ff");
+    }
+
+    #[test]
+    fn cluster_tables_are_aligned() {
+        let status = cluster();
+        assert_eq!(
+            render_status(&status),
+            "cluster_id        7\n\
+             pd_leader         1 (10.0.0.1:7700)\n\
+             pd_members        1 (10.0.0.1:7700)\n\
+             nodes             2 up of 3\n\
+             shards            2\n\
+             under_replicated  0\n\
+             replication       2\n\
+             revision          12\n\
+             \n\
+             EVENT AT                  MESSAGE\n\
+             1970-01-01T00:00:01.500Z  bootstrapped\n"
+        );
+        assert_eq!(
+            render_nodes(&status.nodes),
+            "ID  ADDR           STATE    REPLICAS  LEADERS  SIZE     DB       PD   HEARTBEAT\n\
+             1   10.0.0.1:7700  up       2         0        1.5 KiB  3.0 MiB  yes  90ms ago\n\
+             2   10.0.0.2:7700  up       2         1        1.5 KiB  3.0 MiB  -    250ms ago\n\
+             3   10.0.0.3:7700  down     2         2        1.5 KiB  3.0 MiB  -    -\n\
+             4   10.0.0.4:7700  removed  2         3        1.5 KiB  3.0 MiB  -    -\n"
+        );
+        assert_eq!(
+            render_pd_shards(&sorted_shards(&status)),
+            "ID  RANGE      EPOCH  LEADER             REPLICAS        KEYS  SIZE\n\
+             1   [, m)      2.1    2 (10.0.0.2:7700)  1,2,3(learner)  10    1000 B\n\
+             2   [m, +inf)  2.2    -                  1,2             20    2.0 KiB\n"
+        );
+    }
+
+    #[test]
+    fn bytes_are_humanised() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(96 << 20), "96.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
     }
 }

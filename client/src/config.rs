@@ -13,11 +13,16 @@ use serde::{Deserialize, Serialize};
 /// value, and a scan page may return up to [`SCAN_PAGE_DOCS_MAX`] documents.
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// The largest document (JSON text) a node accepts with its default limits
+/// (`limits.value-bytes-max`, 1 MiB). `cairnctl` refuses larger input before sending it.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+
 /// The most documents the client asks for in one scan RPC; larger scans are paged.
 pub const SCAN_PAGE_DOCS_MAX: u32 = 10_000;
 
-/// Settings of [`crate::NodeClient`] and [`crate::DirectClient`]. Durations are written
-/// as human durations (`"10s"`, `"50ms"`) in configuration files.
+/// Settings of [`crate::NodeClient`], [`crate::DirectClient`], [`crate::PdClient`] and
+/// [`crate::Client`]. Durations are written as human durations (`"10s"`, `"50ms"`) in
+/// configuration files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ClientConfig {
@@ -28,9 +33,9 @@ pub struct ClientConfig {
     /// Default 10 s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Deadline of one logical operation of [`crate::DirectClient`] across all of its
-    /// retries; each RPC gets the smaller of this remainder and `request_timeout`.
-    /// Default 30 s.
+    /// Deadline of one logical operation of [`crate::DirectClient`] or [`crate::Client`]
+    /// across all of its retries; each RPC gets the smaller of this remainder and
+    /// `request_timeout`. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
     /// The most RPC attempts one logical operation makes. Default 20 (with the default

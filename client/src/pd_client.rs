@@ -243,7 +243,7 @@ impl PdClient {
             tracing::debug!(method, attempt, error = %err, "PD call failed; trying the next member");
             last_error = Some(err);
             // A full round over the members without success: back off before the next.
-            if (attempt as usize + 1) % self.members.len() == 0 {
+            if (attempt as usize + 1).is_multiple_of(self.members.len()) {
                 let delay = backoff_delay(
                     attempt / self.members.len() as u32,
                     self.config.backoff_base,

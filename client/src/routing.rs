@@ -1,7 +1,8 @@
 //! Routing decisions over a cached shard list: which shard holds a key, which node to ask,
 //! how to merge the lists several nodes report, and how a scan walks shards.
 //!
-//! Pure functions only; [`crate::DirectClient`] owns the cache and does the I/O.
+//! Pure functions only; [`crate::DirectClient`] and [`crate::Client`] own their caches
+//! and do the I/O (the PD-routed client's cache rules are in [`crate::shard_map`]).
 //!
 //! Invariants:
 //! - Among reports of one shard, a newer epoch always wins (`version`, then `conf_ver`);
@@ -14,7 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use cairn_proto::{ApiError, Epoch, KeyRange, NodeId, RaftRole, ReplicaRole, ShardDescriptor, ShardId, ShardStatus};
+use cairn_proto::{
+    ApiError, Epoch, KeyRange, NodeId, RaftRole, ReplicaRole, ShardDescriptor, ShardId, ShardRoute, ShardStatus,
+};
 
 use crate::node_client::ScanRange;
 
@@ -214,6 +217,76 @@ pub fn next_scan_cursor(
     Ok(Some(next))
 }
 
+/// The address to send attempt number `attempt` for a PD-routed shard to: its leader,
+/// unless that is `avoid` (the address the previous attempt failed on); else its
+/// replicas in turn (voters first), skipping `avoid` when another replica has an address.
+/// `None` when no replica has an address.
+pub fn pick_target(route: &ShardRoute, attempt: u32, avoid: Option<&str>) -> Option<String> {
+    if let Some((_, addr)) = &route.leader
+        && !addr.is_empty()
+        && avoid != Some(addr.as_str())
+    {
+        return Some(addr.clone());
+    }
+    let replicas = &route.descriptor.replicas;
+    let by_role = |role: ReplicaRole| {
+        replicas.iter().filter(move |r| r.role == role && !r.addr.is_empty()).map(|r| r.addr.as_str())
+    };
+    let all: Vec<&str> = by_role(ReplicaRole::Voter).chain(by_role(ReplicaRole::Learner)).collect();
+    let preferred: Vec<&str> = all.iter().copied().filter(|a| Some(*a) != avoid).collect();
+    let pool = if preferred.is_empty() { all } else { preferred };
+    if pool.is_empty() {
+        return None;
+    }
+    // The index fits: `attempt % len` is below `len`, which is a `usize`.
+    Some(pool[attempt as usize % pool.len()].to_string())
+}
+
+/// The smallest key greater than `key`: `key` followed by a zero byte.
+pub fn key_successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
+/// Where a scan continues after a page read from `[cursor, ..)` of a shard ending at
+/// `shard_end`. A page cut short (`continue_from` set) continues right after the last key
+/// it returned (or at `continue_from` if it returned none), so a key is never returned
+/// twice and, because the next page is routed afresh, never skipped when the shard split
+/// or moved in between. A shard read to its end continues at the shard's end. `None`
+/// once the range or the key space is exhausted.
+pub fn next_page_cursor(
+    cursor: &[u8],
+    last_key: Option<&[u8]>,
+    continue_from: Option<Vec<u8>>,
+    shard_end: &[u8],
+    range_end: &[u8],
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let continue_from = match (continue_from, last_key) {
+        (Some(_), Some(last)) => Some(key_successor(last)),
+        (continue_from, _) => continue_from,
+    };
+    next_scan_cursor(cursor, continue_from, shard_end, range_end)
+}
+
+/// Where the next page of a PD shard listing of `[cursor, range_end)` starts, after a
+/// page of `shards` asked with `page_limit`: at the end of the last shard if the page was
+/// full, else nowhere. A listing that would not advance is an `Internal` error.
+pub fn next_listing_cursor(
+    cursor: &[u8],
+    shards: &[ShardRoute],
+    page_limit: u32,
+    range_end: &[u8],
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if page_limit == 0 || shards.len() < page_limit as usize {
+        return Ok(None);
+    }
+    let Some(last) = shards.last() else { return Ok(None) };
+    next_scan_cursor(cursor, None, &last.descriptor.range.end, range_end)
+        .map_err(|_| ApiError::Internal("the PD's shard listing did not advance".into()))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -374,6 +447,74 @@ pub(crate) mod tests {
         let last = KeyRange::new(b"m".to_vec(), Vec::new());
         assert_eq!(scan_window(b"n", b"", &last).end, Vec::<u8>::new());
         assert_eq!(scan_window(b"n", b"q", &last).end, b"q".to_vec());
+    }
+
+    fn pd_route(leader: Option<&str>, learner: Option<&str>) -> ShardRoute {
+        let mut descriptor = status(1, b"", b"", 1, None).descriptor;
+        if let Some(addr) = learner {
+            descriptor.replicas.push(ReplicaDescriptor {
+                node: NodeId(9),
+                addr: addr.to_string(),
+                role: ReplicaRole::Learner,
+            });
+        }
+        ShardRoute { descriptor, leader: leader.map(|a| (NodeId(2), a.to_string())) }
+    }
+
+    #[test]
+    fn pd_routes_target_the_leader_unless_it_just_failed() {
+        let led = pd_route(Some("n2:7700"), None);
+        assert_eq!(pick_target(&led, 0, None).as_deref(), Some("n2:7700"));
+        assert_eq!(pick_target(&led, 7, Some("n1:7700")).as_deref(), Some("n2:7700"));
+        // The leader just failed: another replica, never the failed one.
+        for attempt in 0..6 {
+            let t = pick_target(&led, attempt, Some("n2:7700")).unwrap();
+            assert!(t == "n1:7700" || t == "n3:7700", "{t}");
+        }
+        // Leaderless: voters in turn, then learners.
+        let leaderless = pd_route(None, Some("l9:7700"));
+        let picks: Vec<String> = (0..4).map(|a| pick_target(&leaderless, a, None).unwrap()).collect();
+        assert_eq!(picks, ["n1:7700", "n2:7700", "n3:7700", "l9:7700"]);
+        // A single replica that failed is still the only choice.
+        let mut single = pd_route(None, None);
+        single.descriptor.replicas.truncate(1);
+        assert_eq!(pick_target(&single, 3, Some("n1:7700")).as_deref(), Some("n1:7700"));
+        single.descriptor.replicas[0].addr.clear();
+        assert_eq!(pick_target(&single, 0, None), None);
+        // An empty leader address is no leader.
+        let blank = pd_route(Some(""), None);
+        assert_eq!(pick_target(&blank, 1, None).as_deref(), Some("n2:7700"));
+    }
+
+    #[test]
+    fn pages_continue_after_the_last_key_returned() {
+        assert_eq!(key_successor(b"ab"), b"ab\0".to_vec());
+        assert_eq!(key_successor(b""), vec![0]);
+        // Cut short: right after the last key, whatever `continue_from` says.
+        assert_eq!(next_page_cursor(b"a", Some(b"c"), Some(b"f".to_vec()), b"m", b"").unwrap(), Some(b"c\0".to_vec()));
+        // Cut short without documents: at `continue_from`.
+        assert_eq!(next_page_cursor(b"a", None, Some(b"f".to_vec()), b"m", b"").unwrap(), Some(b"f".to_vec()));
+        // Shard done: the next shard, or the end.
+        assert_eq!(next_page_cursor(b"a", Some(b"c"), None, b"m", b"").unwrap(), Some(b"m".to_vec()));
+        assert_eq!(next_page_cursor(b"a", Some(b"c"), None, b"", b"").unwrap(), None);
+        assert_eq!(next_page_cursor(b"a", Some(b"c"), Some(b"d".to_vec()), b"m", b"c\0").unwrap(), None);
+        // A page that would go backwards is a server bug.
+        assert!(next_page_cursor(b"d", None, Some(b"c".to_vec()), b"m", b"").is_err());
+    }
+
+    #[test]
+    fn shard_listings_page_by_the_last_end() {
+        let route = |start: &[u8], end: &[u8]| ShardRoute {
+            descriptor: ShardDescriptor { range: KeyRange::new(start.to_vec(), end.to_vec()), ..Default::default() },
+            leader: None,
+        };
+        let page = vec![route(b"", b"g"), route(b"g", b"p")];
+        assert_eq!(next_listing_cursor(b"", &page, 2, b"").unwrap(), Some(b"p".to_vec()));
+        assert_eq!(next_listing_cursor(b"", &page, 3, b"").unwrap(), None, "a short page is the last");
+        assert_eq!(next_listing_cursor(b"", &page, 2, b"k").unwrap(), None, "past the range");
+        assert_eq!(next_listing_cursor(b"", &[route(b"", b"")], 1, b"").unwrap(), None, "end of key space");
+        assert!(next_listing_cursor(b"p", &page, 2, b"").is_err(), "no progress");
+        assert_eq!(next_listing_cursor(b"", &page, 0, b"").unwrap(), None, "limit 0 lists everything");
     }
 
     #[test]
