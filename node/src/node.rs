@@ -322,7 +322,8 @@ impl Node {
                 descriptor: ShardDescriptor {
                     id: PD_SHARD,
                     range: KeyRange::full(),
-                    epoch: Epoch { conf_ver: 1, version: 1 },
+                    // The group's first membership entry makes it conf_ver 1.
+                    epoch: Epoch { conf_ver: 0, version: 1 },
                     replicas,
                 },
                 data_id: 0,

@@ -37,6 +37,18 @@ async fn bootstrap_once_join_and_restart() -> anyhow::Result<()> {
     // The shards cover the key space in order without gaps.
     let ranges: Vec<KeyRange> = status.shards.iter().map(|s| s.route.descriptor.range.clone()).collect();
     assert_eq!(ranges, KeyRange::split_evenly(4));
+    // The PD's epochs are the ones the replicas use.
+    let mut listed = Vec::new();
+    for i in 0..4 {
+        listed.extend(cluster.node_client(i)?.list_shards().await?.1);
+    }
+    for s in &status.shards {
+        let replicas: Vec<_> = listed.iter().filter(|l| l.descriptor.id == s.route.descriptor.id).collect();
+        assert_eq!(replicas.len(), 3, "shard {} has 3 replicas", s.route.descriptor.id);
+        for r in replicas {
+            assert_eq!(r.descriptor.epoch, s.route.descriptor.epoch, "shard {}", s.route.descriptor.id);
+        }
+    }
     let bootstraps = status.events.iter().filter(|e| e.message.contains("bootstrapped")).count();
     assert_eq!(bootstraps, 1);
 

@@ -136,8 +136,11 @@ fn heartbeat(node: &NodeShared, cluster_id: u64) -> Heartbeat {
 
 async fn execute(node: &NodeShared, config: &NodeConfig, command: NodeCommand) {
     match command {
-        NodeCommand::CreateReplica { descriptor } => {
+        NodeCommand::CreateReplica { mut descriptor } => {
             let shard = descriptor.id;
+            // The PD records the epoch the group has once initialised; the
+            // group's first membership entry is what moves conf_ver 0 -> 1.
+            descriptor.epoch.conf_ver = 0;
             if shard == PD_SHARD || node.registry.get(shard).is_some() {
                 return;
             }
