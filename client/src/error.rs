@@ -1,6 +1,8 @@
 //! [`Error`]: the error type of [`crate::Client`], the one a caller matches on.
 //!
 //! Invariants:
+//! - The text of an error starts with its stable code (`CONDITION_FAILED: ...`), the same
+//!   codes as the wire's `cairn.v1.ErrorCode`, so scripts can match on it.
 //! - Routing errors (`NOT_LEADER`, `EPOCH_MISMATCH`, `KEY_NOT_IN_SHARD`, `SHARD_NOT_FOUND`)
 //!   are the client's business: it retries them, and when retries run out they surface as
 //!   [`Error::Unavailable`] or [`Error::DeadlineExceeded`] with the last cause in the
@@ -33,21 +35,21 @@ use cairn_proto::{ApiError, display_key};
 pub enum Error {
     /// A conditional write or delete found the document at another version
     /// (`current_version` 0: the document does not exist).
-    #[error("condition failed: the document is at version {current_version}")]
+    #[error("CONDITION_FAILED: the document is at version {current_version}")]
     ConditionFailed { current_version: u64 },
     /// The request is malformed: an empty or bad key, a value that is not JSON, a bad
     /// address or configuration.
-    #[error("invalid argument: {0}")]
+    #[error("INVALID_ARGUMENT: {0}")]
     InvalidArgument(String),
     /// A key, value or request is over a server limit.
-    #[error("too large: {0}")]
+    #[error("TOO_LARGE: {0}")]
     TooLarge(String),
     /// The cluster could not serve the operation within `max_attempts`: nodes or the
     /// placement driver were unreachable, or the shard kept moving. Retrying later may work.
-    #[error("unavailable: {0}")]
+    #[error("UNAVAILABLE: {0}")]
     Unavailable(String),
     /// The operation did not finish within its deadline (`operation_timeout`).
-    #[error("deadline exceeded: {0}")]
+    #[error("DEADLINE_EXCEEDED: {0}")]
     DeadlineExceeded(String),
     /// A typed helper (`put_json`, `get_json`, ...) could not convert between the
     /// document at `key` and the Rust type.
@@ -58,7 +60,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A bug or a corrupt answer on the server or in the client.
-    #[error("internal error: {0}")]
+    #[error("INTERNAL: {0}")]
     Internal(String),
 }
 

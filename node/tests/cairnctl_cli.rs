@@ -1,14 +1,17 @@
-//! The real `cairnctl` binary against a real node: output contract and exit codes.
+//! The real `cairnctl` binary against a real one-node cluster (the node is also
+//! the PD): output contract and exit codes, through the PD (`--pd`, the
+//! default) and directly (`--node`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use cairn_node::{Node, NodeConfig};
 
-/// Runs `cairnctl` against `node`; returns (exit code, stdout, stderr).
-async fn cairnctl(node: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+/// Runs `cairnctl --pd PD` ; returns (exit code, stdout, stderr).
+async fn cairnctl(pd: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
-    cmd.args(["--node", node, "--timeout", "5s"]).args(args);
+    cmd.env_remove("CAIRN_NODE").env_remove("CAIRN_PD");
+    cmd.args(["--pd", pd, "--timeout", "5s"]).args(args);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let stdin = stdin.map(str::to_string);
     // The node runs on this test's runtime, so the blocking wait goes elsewhere.
@@ -74,10 +77,30 @@ async fn cairnctl_end_to_end() {
     assert_eq!(shards[1]["start"], "0x8000");
     assert_eq!(shards[1]["epoch"]["conf_ver"], 1);
     assert_eq!(shards[1]["replicas"].as_array().unwrap().len(), 1);
-    assert_eq!(shards[1]["role"], "leader");
+    assert_eq!(shards[1]["replicas"][0]["role"], "voter");
     let (code, out, _) = cairnctl(node_addr, &["shards"], None).await;
     assert_eq!(code, 0);
-    assert!(out.starts_with("ID  RANGE"), "{out}");
+    assert!(out.starts_with("ID"), "{out}");
+
+    let (code, out, err) = cairnctl(node_addr, &["status", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["pd_leader"], 1, "{out}");
+    assert_eq!((status["nodes_up"].as_u64(), status["nodes_total"].as_u64()), (Some(1), Some(1)), "{out}");
+    assert_eq!((status["shards"].as_u64(), status["under_replicated"].as_u64()), (Some(2), Some(0)), "{out}");
+    let (code, out, _) = cairnctl(node_addr, &["nodes", "--output", "json"], None).await;
+    assert_eq!(code, 0);
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((nodes[0]["id"].as_u64(), nodes[0]["state"].as_str()), (Some(1), Some("up")), "{out}");
+    assert_eq!(nodes[0]["replicas"], 2, "{out}");
+
+    // Straight to the node, without the PD.
+    let direct = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["--node", node_addr, "--output", "json", "get", "user:1"])
+        .output()
+        .unwrap();
+    assert_eq!(direct.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&direct.stdout).contains(r#""name": "ada""#));
 
     let (code, out, err) = cairnctl(node_addr, &["get", "nobody"], None).await;
     assert_eq!((code, out.as_str(), err.as_str()), (1, "", "error: not found: nobody\n"));
@@ -94,8 +117,11 @@ async fn cairnctl_end_to_end() {
     assert_eq!(code, 2);
     assert!(err.starts_with("error: invalid JSON document") && err.lines().count() == 1, "{err}");
 
-    let (code, _, err) = cairnctl("127.0.0.1:1", &["--timeout", "1s", "get", "k"], None).await;
+    let (code, _, err) = cairnctl("127.0.0.1:1", &["get", "k"], None).await;
     assert_eq!(code, 2);
-    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = cairnctl("127.0.0.1:1", &["status"], None).await;
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
     node.shutdown().await;
 }
