@@ -172,7 +172,13 @@ pub fn heartbeat(
     if node.admin == AdminState::Removed {
         return Err(PdError::RemovedNode(hb.node));
     }
-    let leader_changed = observed.record(hb, now_ms);
+    // Reports of shards the PD does not know (stale, or made up) are dropped, so
+    // the observed state stays bounded by the shard map.
+    let known = Heartbeat {
+        replicas: hb.replicas.iter().filter(|r| state.shards.contains_key(&r.shard)).cloned().collect(),
+        ..hb.clone()
+    };
+    let leader_changed = observed.record(&known, now_ms);
     let mut outcome = HeartbeatOutcome { leader_changed, ..Default::default() };
     for shard in state.shards.values().filter(|s| s.creating) {
         let d = &shard.descriptor;
