@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::pb::pd_client::PdClient as PdGrpc;
 use cairn_proto::{
-    ApiError, ClusterStatus, Heartbeat, KeyRange, NodeCommand, NodeId, RegisterNode, ShardMapEvent, ShardRoute, pb,
+    ApiError, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, RegisterNode, ShardMapEvent, ShardRoute, pb,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
@@ -120,14 +120,12 @@ impl PdClient {
         Ok((NodeId(resp.node_id), resp.cluster_id))
     }
 
-    /// Sends a node heartbeat; returns the PD's commands for the node and when
-    /// it expects the next heartbeat.
-    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<(Vec<NodeCommand>, Duration), ApiError> {
+    /// Sends a node heartbeat; returns the PD's commands for the node, when it
+    /// expects the next heartbeat and whether it wants a full report.
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatAnswer, ApiError> {
         let req = pb::HeartbeatRequest::from(hb);
         let resp = self.call("Heartbeat", req, |mut pd, r| async move { pd.heartbeat(r).await }).await?;
-        let commands = resp.commands.into_iter().map(NodeCommand::try_from).collect::<Result<Vec<_>, _>>();
-        let commands = commands.map_err(|e| ApiError::Internal(format!("malformed heartbeat response: {e}")))?;
-        Ok((commands, Duration::from_millis(resp.heartbeat_interval_ms)))
+        HeartbeatAnswer::try_from(resp).map_err(|e| ApiError::Internal(format!("malformed heartbeat response: {e}")))
     }
 
     /// The shard holding `key` and the map revision of the answer.

@@ -151,6 +151,8 @@ pub fn register(state: &PdState, req: &RegisterNode, now_ms: u64) -> Result<(Nod
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeartbeatOutcome {
     pub commands: Vec<NodeCommand>,
+    /// The PD has no complete picture of the node: ask for a full report.
+    pub full_report_wanted: bool,
     pub writes: Writes,
     /// Shards whose observed leader changed (for the shard-map stream).
     pub leader_changed: Vec<ShardId>,
@@ -178,8 +180,9 @@ pub fn heartbeat(
         replicas: hb.replicas.iter().filter(|r| state.shards.contains_key(&r.shard)).cloned().collect(),
         ..hb.clone()
     };
+    let full_report_wanted = !hb.full && !observed.has_reported(hb.node);
     let leader_changed = observed.record(&known, now_ms);
-    let mut outcome = HeartbeatOutcome { leader_changed, ..Default::default() };
+    let mut outcome = HeartbeatOutcome { leader_changed, full_report_wanted, ..Default::default() };
     for shard in state.shards.values().filter(|s| s.creating) {
         let d = &shard.descriptor;
         let member = d.replicas.iter().any(|r| r.node == hb.node);
@@ -372,6 +375,8 @@ mod tests {
                     size_bytes: 0,
                 })
                 .collect(),
+            full: true,
+            removed: vec![],
         }
     }
 

@@ -42,10 +42,26 @@ impl Observed {
         Self { since_ms, ..Default::default() }
     }
 
-    /// Records a heartbeat; returns the shards whose leader changed.
+    /// Records a heartbeat (a full report replaces what the node hosts; a delta
+    /// adds the reported replicas and drops the removed ones); returns the
+    /// shards whose leader changed.
     pub fn record(&mut self, hb: &Heartbeat, now_ms: u64) -> Vec<ShardId> {
-        let hosted = hb.replicas.iter().filter(|r| r.role != RaftRole::Shutdown).map(|r| r.shard).collect();
-        self.nodes.insert(hb.node, NodeObs { last_heartbeat_ms: now_ms, stats: hb.stats.clone(), hosted });
+        let node = self.nodes.entry(hb.node).or_default();
+        node.last_heartbeat_ms = now_ms;
+        node.stats = hb.stats.clone();
+        if hb.full {
+            node.hosted.clear();
+        }
+        for s in &hb.removed {
+            node.hosted.remove(s);
+        }
+        for r in &hb.replicas {
+            if r.role == RaftRole::Shutdown {
+                node.hosted.remove(&r.shard);
+            } else {
+                node.hosted.insert(r.shard);
+            }
+        }
         let mut changed = Vec::new();
         for r in &hb.replicas {
             let Some(leader) = r.leader else { continue };

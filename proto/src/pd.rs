@@ -68,7 +68,21 @@ pub struct Heartbeat {
     pub cluster_id: u64,
     pub addr: String,
     pub stats: NodeStats,
+    /// With `full`: every hosted replica; without: the changed ones.
     pub replicas: Vec<ReplicaReport>,
+    pub full: bool,
+    /// Replicas no longer hosted since the last heartbeat (when not `full`).
+    pub removed: Vec<ShardId>,
+}
+
+/// The PD's answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HeartbeatAnswer {
+    pub commands: Vec<NodeCommand>,
+    /// Milliseconds until the next heartbeat (0: keep the configured interval).
+    pub interval_ms: u64,
+    /// Send every replica in the next heartbeat.
+    pub full_report_wanted: bool,
 }
 
 /// An instruction from the PD to a node.
@@ -250,6 +264,8 @@ impl From<&Heartbeat> for pb::HeartbeatRequest {
             addr: h.addr.clone(),
             stats: Some((&h.stats).into()),
             replicas: h.replicas.iter().map(Into::into).collect(),
+            full: h.full,
+            removed: h.removed.iter().map(|s| s.0).collect(),
         }
     }
 }
@@ -267,6 +283,8 @@ impl TryFrom<pb::HeartbeatRequest> for Heartbeat {
             addr: h.addr,
             stats: h.stats.map(NodeStats::from).unwrap_or_default(),
             replicas: h.replicas.into_iter().map(ReplicaReport::try_from).collect::<Result<_, _>>()?,
+            full: h.full,
+            removed: h.removed.into_iter().map(ShardId).collect(),
         })
     }
 }
@@ -295,6 +313,28 @@ impl TryFrom<pb::NodeCommand> for NodeCommand {
             }),
             None => Err(ApiError::InvalidArgument("empty node command".into())),
         }
+    }
+}
+
+impl From<&HeartbeatAnswer> for pb::HeartbeatResponse {
+    fn from(a: &HeartbeatAnswer) -> Self {
+        pb::HeartbeatResponse {
+            commands: a.commands.iter().map(Into::into).collect(),
+            heartbeat_interval_ms: a.interval_ms,
+            full_report_wanted: a.full_report_wanted,
+        }
+    }
+}
+
+impl TryFrom<pb::HeartbeatResponse> for HeartbeatAnswer {
+    type Error = ApiError;
+
+    fn try_from(a: pb::HeartbeatResponse) -> Result<Self, ApiError> {
+        Ok(HeartbeatAnswer {
+            commands: a.commands.into_iter().map(NodeCommand::try_from).collect::<Result<_, _>>()?,
+            interval_ms: a.heartbeat_interval_ms,
+            full_report_wanted: a.full_report_wanted,
+        })
     }
 }
 

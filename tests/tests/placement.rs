@@ -167,6 +167,8 @@ async fn bad_input_is_refused() -> anyhow::Result<()> {
         addr: "127.0.0.1:1".into(),
         stats: NodeStats::default(),
         replicas: vec![],
+        full: true,
+        removed: vec![],
     };
     let err = pd.heartbeat(&hb).await.unwrap_err();
     assert!(matches!(err, ApiError::InvalidArgument(_)), "{err}");

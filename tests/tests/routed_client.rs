@@ -50,13 +50,8 @@ async fn leader_transfers_under_16_writers_fail_no_call() -> anyhow::Result<()> 
         let current = *leaders.get(&shard).expect("every shard has a leader");
         let node = cluster.running().find(|n| n.id() == current).expect("the leader runs");
         let replica = node.shared.registry.get(shard).expect("the leader hosts the shard");
-        let target = replica
-            .descriptor()
-            .replicas
-            .iter()
-            .map(|r| r.node)
-            .find(|id| *id != current)
-            .expect("another voter");
+        let target =
+            replica.descriptor().replicas.iter().map(|r| r.node).find(|id| *id != current).expect("another voter");
         // Let some writes land under the current leader first.
         tokio::time::sleep(Duration::from_millis(300)).await;
         replica.group.transfer_leader(target).await?;

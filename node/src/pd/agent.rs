@@ -2,22 +2,104 @@
 //! the execution of the commands heartbeat answers carry.
 //!
 //! Every node runs one agent, PD members included. A heartbeat reports the
-//! node's counters and every replica it hosts (role, leader, term, applied
-//! index, key count and size); the PD answers with commands, which the agent
-//! executes before the next heartbeat. Commands are idempotent and re-sent by
+//! node's counters and its replicas (role, leader, term, applied index, and for
+//! led shards key count and size); the PD answers with commands, which the agent
+//! executes before the next heartbeat. To keep idle nodes with many replicas
+//! cheap, a heartbeat carries only the replicas whose report changed (and the
+//! ones removed), with a full report every [`FULL_REPORT_EVERY`] heartbeats,
+//! after any failure, and whenever the PD asks (a new PD leader does). Commands are idempotent and re-sent by
 //! the PD until the node reports their effect, so a lost answer costs one
 //! interval.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::PdClient;
-use cairn_proto::{ApiError, Heartbeat, NodeCommand, NodeId, RegisterNode, ReplicaReport, ReplicaRole};
+use cairn_proto::{
+    ApiError, Heartbeat, NodeCommand, NodeId, RaftRole, RegisterNode, ReplicaReport, ReplicaRole, ShardId,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::PD_SHARD;
 use crate::config::NodeConfig;
 use crate::node::NodeShared;
+
+/// A heartbeat reports every replica at least this often (in heartbeats).
+pub const FULL_REPORT_EVERY: u32 = 60;
+
+/// Builds heartbeats: full or only what changed since the last one sent.
+#[derive(Default)]
+struct Reporter {
+    last: HashMap<ShardId, ReplicaReport>,
+    since_full: u32,
+    want_full: bool,
+}
+
+impl Reporter {
+    /// The heartbeat to send now and the reports it stands for.
+    fn build(&self, node: &NodeShared, cluster_id: u64) -> (Heartbeat, HashMap<ShardId, ReplicaReport>) {
+        let mut current = HashMap::new();
+        for r in node.registry.all().iter().filter(|r| r.shard() != PD_SHARD) {
+            let st = r.group.status();
+            let shard = r.shard();
+            // Sizes come from the leader only; unchanged applied index, unchanged size.
+            let (key_count, size_bytes) = match (st.role, self.last.get(&shard)) {
+                (RaftRole::Leader, Some(prev)) if prev.applied_index == st.applied_index && prev.role == st.role => {
+                    (prev.key_count, prev.size_bytes)
+                }
+                (RaftRole::Leader, _) => node
+                    .storage
+                    .shard_record(shard)
+                    .ok()
+                    .flatten()
+                    .map(|rec| (rec.stats.key_count, rec.stats.size_bytes))
+                    .unwrap_or_default(),
+                _ => (0, 0),
+            };
+            let report = ReplicaReport {
+                shard,
+                epoch: r.descriptor().epoch,
+                role: st.role,
+                leader: st.leader,
+                term: st.term,
+                applied_index: st.applied_index,
+                key_count,
+                size_bytes,
+            };
+            current.insert(shard, report);
+        }
+        let full = self.want_full || self.since_full + 1 >= FULL_REPORT_EVERY;
+        let (replicas, removed) = if full {
+            (current.values().cloned().collect(), Vec::new())
+        } else {
+            let changed = current.values().filter(|r| self.last.get(&r.shard) != Some(*r)).cloned().collect();
+            let removed = self.last.keys().filter(|s| !current.contains_key(s)).copied().collect();
+            (changed, removed)
+        };
+        let hb = Heartbeat {
+            node: node.id,
+            cluster_id,
+            addr: node.addr.clone(),
+            stats: node.stats(),
+            replicas,
+            full,
+            removed,
+        };
+        (hb, current)
+    }
+
+    fn sent(&mut self, hb: &Heartbeat, current: HashMap<ShardId, ReplicaReport>, full_report_wanted: bool) {
+        self.last = current;
+        self.since_full = if hb.full { 0 } else { self.since_full + 1 };
+        self.want_full = full_report_wanted;
+    }
+
+    fn failed(&mut self) {
+        // The PD may have changed leaders meanwhile: tell the next one everything.
+        self.want_full = true;
+    }
+}
 
 /// Registers until the PD answers (it may still be electing or bootstrapping).
 /// Returns `None` if cancelled first.
@@ -67,6 +149,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut interval = Duration::from_millis(config.heartbeat_interval_ms);
         let mut failures = 0u32;
+        let mut reporter = Reporter { want_full: true, ..Default::default() };
         // Confirm the address (and for PD members, learn nothing new) once.
         let mut registered = false;
         loop {
@@ -77,23 +160,25 @@ pub fn spawn(
                 }
             }
             if registered {
-                let hb = heartbeat(&node, cluster_id);
+                let (hb, current) = reporter.build(&node, cluster_id);
                 let sent = pd.heartbeat(&hb).await;
                 crate::metrics::heartbeat_sent(&sent);
                 match sent {
-                    Ok((commands, next)) => {
+                    Ok(answer) => {
+                        reporter.sent(&hb, current, answer.full_report_wanted);
                         if failures > 0 {
                             tracing::info!(after = failures, "placement driver reachable again");
                         }
                         failures = 0;
-                        if !next.is_zero() {
-                            interval = next.clamp(Duration::from_millis(100), Duration::from_secs(60));
+                        if answer.interval_ms != 0 {
+                            interval = Duration::from_millis(answer.interval_ms.clamp(100, 60_000));
                         }
-                        for command in commands {
+                        for command in answer.commands {
                             execute(&node, &config, command).await;
                         }
                     }
                     Err(e) => {
+                        reporter.failed();
                         failures += 1;
                         if failures == 1 || failures % 30 == 0 {
                             tracing::warn!(error = %e, failures, "heartbeat to the placement driver failed");
@@ -107,31 +192,6 @@ pub fn spawn(
             }
         }
     })
-}
-
-fn heartbeat(node: &NodeShared, cluster_id: u64) -> Heartbeat {
-    let records = node.storage.shard_records().unwrap_or_default();
-    let replicas = node
-        .registry
-        .all()
-        .iter()
-        .filter(|r| r.shard() != PD_SHARD)
-        .map(|r| {
-            let st = r.group.status();
-            let stats = records.iter().find(|rec| rec.shard() == r.shard()).map(|rec| rec.stats).unwrap_or_default();
-            ReplicaReport {
-                shard: r.shard(),
-                epoch: r.descriptor().epoch,
-                role: st.role,
-                leader: st.leader,
-                term: st.term,
-                applied_index: st.applied_index,
-                key_count: stats.key_count,
-                size_bytes: stats.size_bytes,
-            }
-        })
-        .collect();
-    Heartbeat { node: node.id, cluster_id, addr: node.addr.clone(), stats: node.stats(), replicas }
 }
 
 async fn execute(node: &NodeShared, config: &NodeConfig, command: NodeCommand) {

@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_placement::{self as placement, Observed, PdState, Writes, model::KeyOp};
 use cairn_proto::{
-    ApiError, ClusterSettings, ClusterStatus, Heartbeat, KeyRange, NodeCommand, NodeId, RegisterNode, Session, ShardId,
-    ShardMapEvent, ShardRoute,
+    ApiError, ClusterSettings, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, RegisterNode, Session,
+    ShardId, ShardMapEvent, ShardRoute,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -251,7 +251,7 @@ impl PdRuntime {
         Ok((id, cluster_id))
     }
 
-    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<Vec<NodeCommand>, ApiError> {
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatAnswer, ApiError> {
         let mut guard = self.lead().await?;
         let leader = guard.as_mut().expect("lead() returns a loaded leader");
         let outcome = placement::heartbeat(&leader.state, &mut leader.observed, &hb, now_ms()).map_err(pd_error)?;
@@ -262,7 +262,12 @@ impl PdRuntime {
             let replica = self.group()?;
             self.commit(&replica, leader, outcome.writes).await?;
         }
-        Ok(outcome.commands)
+        // interval 0: nodes keep their configured interval.
+        Ok(HeartbeatAnswer {
+            commands: outcome.commands,
+            interval_ms: 0,
+            full_report_wanted: outcome.full_report_wanted,
+        })
     }
 
     pub async fn locate(&self, key: &[u8]) -> Result<(ShardRoute, u64), ApiError> {

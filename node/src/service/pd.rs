@@ -117,14 +117,12 @@ impl Pd for PdService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let up = self.upstream(&request)?;
         let hb = Heartbeat::try_from(request.into_inner()).map_err(status)?;
-        let commands = match up {
+        let answer = match up {
             Upstream::Local(pd) => counted("heartbeat", pd.heartbeat(hb).await),
-            Upstream::Remote(c) => c.heartbeat(&hb).await.map(|(commands, _)| commands),
+            Upstream::Remote(c) => c.heartbeat(&hb).await,
         }
         .map_err(status)?;
-        let commands = commands.iter().map(Into::into).collect();
-        // 0: the node keeps its configured interval.
-        Ok(Response::new(pb::HeartbeatResponse { commands, heartbeat_interval_ms: 0 }))
+        Ok(Response::new((&answer).into()))
     }
 
     async fn locate(&self, request: Request<pb::LocateRequest>) -> Result<Response<pb::LocateResponse>, Status> {

@@ -49,6 +49,8 @@ async fn measure(
 ) -> anyhow::Result<(f64, Duration)> {
     let started = Instant::now();
     let cluster = TestCluster::start_with(3, shards, |c| {
+        // The production heartbeat to the PD (the test harness uses a faster one).
+        c.heartbeat_interval_ms = cairn_node::NodeConfig::default().heartbeat_interval_ms;
         c.raft = cairn_node::raft::RaftSettings {
             heartbeat_interval_ms: heartbeat_ms,
             election_timeout_min_ms: 4 * heartbeat_ms,
