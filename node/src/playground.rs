@@ -4,11 +4,14 @@
 //! driver's members (`--initial-pd`), the others join with `--pd`. The data
 //! directory is reused on the next start; `playground.json` lists the nodes
 //! (id, pid, address, data directory, log). A child killed from outside stays
-//! dead (it is reported, never restarted); Ctrl-C (or SIGTERM, SIGHUP) stops
-//! every child with SIGTERM and waits for it.
+//! dead (it is reported, never restarted); Ctrl-C (or SIGTERM, SIGHUP), at any
+//! moment including start-up, stops every child with SIGTERM, waits for it and
+//! removes the listing.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -57,6 +60,11 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     );
     let exe = std::env::current_exe().context("locating the cairn binary")?;
     std::fs::create_dir_all(&args.data_dir)?;
+    // Listen for signals before any child exists, so that a signal at any
+    // moment stops the children instead of orphaning them.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let addrs: Vec<String> = (0..args.nodes).map(|i| format!("127.0.0.1:{}", args.base_port + i as u16)).collect();
     let pd_addrs: Vec<String> = addrs.iter().take(PD_MEMBERS).cloned().collect();
     let initial_pd = pd_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
@@ -82,7 +90,14 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             .with_context(|| format!("starting node {}", i + 1))?;
         let pid = child.id().unwrap_or(0);
         listed.push(PlaygroundNode { id: 0, pid, addr: addr.clone(), pd_member, data_dir: dir, log });
-        children.push((i + 1, child));
+        children.push((addr.clone(), child));
+    }
+    // Watch the children from the start: a node that dies (during start-up or
+    // later) is reported at once and never restarted.
+    let ids: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let mut waits = Vec::new();
+    for (addr, child) in children {
+        waits.push(watch_child(addr, child, ids.clone()));
     }
     println!(
         "cairn playground: {} nodes ({} PD members); data in {}",
@@ -91,11 +106,18 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     println!("waiting for the cluster (logs: {}/node-*/node.log) ...", args.data_dir.display());
-    let ready = wait_ready(&pd_addrs, &addrs).await;
+    let ready = tokio::select! {
+        ready = wait_ready(&pd_addrs, &addrs) => ready,
+        _ = int.recv() => return stop(waits, None).await,
+        _ = term.recv() => return stop(waits, None).await,
+        _ = hup.recv() => return stop(waits, None).await,
+    };
     match &ready {
         Ok(status) => {
+            let mut known = ids.lock().expect("ids lock");
             for node in &mut listed {
                 node.id = status.nodes.iter().find(|n| n.addr == node.addr).map(|n| n.id.0).unwrap_or(0);
+                known.insert(node.addr.clone(), node.id);
             }
             println!(
                 "ready: {} nodes up, {} shards, PD leader node {}",
@@ -123,41 +145,59 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!("  CAIRN_PD={} cargo run --release -p cairn-client --example typed_documents", pd_addrs[0]);
     println!("Ctrl-C stops every node.");
 
-    let mut waits = Vec::new();
-    for (id, mut child) in children {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        waits.push((tx, tokio::spawn(async move {
-            tokio::select! {
-                status = child.wait() => {
-                    println!("node {id} exited: {}", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
-                }
-                _ = rx => {
-                    if let Some(pid) = child.id() {
-                        // SIGTERM: the node flushes and exits 0.
-                        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-                    }
-                    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-                        Ok(_) => {}
-                        Err(_) => {
-                            let _ = child.kill().await;
-                        }
-                    }
-                }
-            }
-        })));
-    }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
+        _ = int.recv() => {}
         _ = term.recv() => {}
         _ = hup.recv() => {}
     }
+    stop(waits, Some(&file)).await
+}
+
+type ChildWatch = (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>);
+
+/// Reports the child's exit, or stops it (SIGTERM, then SIGKILL after 15 s)
+/// when told to.
+fn watch_child(addr: String, mut child: tokio::process::Child, ids: Arc<Mutex<HashMap<String, u64>>>) -> ChildWatch {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            status = child.wait() => {
+                let id = ids.lock().expect("ids lock").get(&addr).copied();
+                let name = id.map(|id| format!("node {id} ({addr})")).unwrap_or_else(|| format!("the node at {addr}"));
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                println!("{name} exited: {status}; it stays down until the playground is restarted");
+            }
+            _ = rx => {
+                if let Some(pid) = child.id() {
+                    // SIGTERM: the node flushes and exits 0.
+                    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                }
+                if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    });
+    (tx, handle)
+}
+
+/// Stops every child and waits for it; removes the (now stale) listing.
+async fn stop(waits: Vec<ChildWatch>, listing: Option<&std::path::Path>) -> anyhow::Result<()> {
     println!("stopping...");
-    for (tx, handle) in waits {
-        let _ = tx.send(());
+    let handles: Vec<_> = waits
+        .into_iter()
+        .map(|(tx, handle)| {
+            let _ = tx.send(());
+            handle
+        })
+        .collect();
+    for handle in handles {
         let _ = handle.await;
     }
+    if let Some(path) = listing {
+        let _ = std::fs::remove_file(path);
+    }
+    println!("stopped");
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! a run of free loopback ports below the OS's ephemeral range. No process
 //! outlives the test: the fixture's drop (also while unwinding from a panic)
 //! SIGKILLs the playground and every `server` process whose command line names
-//! the test's temporary directory.
+//! the test's temporary directory. A failed test keeps that directory and
+//! prints the playground's output and the node logs; `CAIRN_TEST_KEEP_DATA`
+//! keeps it after a passed test too.
 
 mod common;
 
@@ -268,12 +270,17 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         self.kill_everything();
-        if self.succeeded {
-            return;
-        }
+        let keep = std::env::var_os("CAIRN_TEST_KEEP_DATA").is_some();
         let Some(mut dir) = self.dir.take() else {
             return;
         };
+        if self.succeeded {
+            if keep {
+                dir.disable_cleanup(true);
+                println!("CAIRN_TEST_KEEP_DATA: playground data and logs kept in {}", dir.path().display());
+            }
+            return;
+        }
         dir.disable_cleanup(true);
         eprintln!("===== test failed; playground data and logs kept in {} =====", dir.path().display());
         for i in 1..=NODES {
@@ -381,10 +388,10 @@ async fn playground_start_kill_stop_restart() -> anyhow::Result<()> {
     let victim = &first.nodes[3];
     anyhow::ensure!(!victim.pd_member, "node 4 is not a PD member");
     send_signal(victim.pid, "KILL")?;
-    fx.playground().wait_printed("node 4 exited", CLUSTER_DEADLINE).await?;
+    fx.playground().wait_printed("node 4 (", CLUSTER_DEADLINE).await?;
     println!(
         "playground reported the kill: {:?}",
-        fx.playground().output().iter().find(|l| l.contains("node 4 exited"))
+        fx.playground().output().iter().find(|l| l.contains("node 4 (") && l.contains(" exited: "))
     );
     // Sleeping only to show that something does not happen: a restart.
     tokio::time::sleep(NO_RESTART_WATCH).await;
@@ -453,6 +460,33 @@ async fn playground_start_kill_stop_restart() -> anyhow::Result<()> {
         anyhow::ensure!(clean == expected, "node {} log shows {clean} SIGTERM shutdowns, expected {expected}", node.id);
     }
     println!("whole test took {:?}", test_started.elapsed());
+    fx.succeeded = true;
+    Ok(())
+}
+
+/// SIGTERM while the playground still waits for its new cluster to be ready
+/// (a fresh cluster needs at least one election timeout, 1-2 s by default):
+/// the playground must still stop every node and exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playground_sigterm_while_waiting_for_the_cluster() -> anyhow::Result<()> {
+    let mut fx = Fixture::new()?;
+    let data_dir = fx.data_dir.clone();
+    let base_port = pick_base_port()?;
+    fx.playground = Some(Playground::start(&data_dir, base_port)?);
+    // The playground prints this line after it has spawned every node.
+    fx.playground().wait_printed("waiting for the cluster", READY_DEADLINE).await?;
+    let listed_before_signal = data_dir.join("playground.json").exists();
+    let spawned = servers_in(&data_dir);
+    println!("{} nodes running; playground.json written already: {listed_before_signal}", spawned.len());
+    let playground_pid = fx.playground().pid();
+    send_signal(playground_pid, "TERM")?;
+    let status = fx.playground().wait_exit(STOP_DEADLINE).await?;
+    let left = servers_in(&data_dir);
+    anyhow::ensure!(
+        status.success(),
+        "the playground exited with {status} after SIGTERM; nodes left running: {left:?}"
+    );
+    anyhow::ensure!(left.is_empty(), "nodes outlive the playground: {left:?}");
     fx.succeeded = true;
     Ok(())
 }
