@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use cairn_proto::{
-    ClusterSettings, ClusterStatus, Epoch, Heartbeat, KeyRange, NodeCommand, NodeId, NodeInfo, NodeState, RegisterNode,
-    ReplicaDescriptor, ReplicaRole, ShardDescriptor, ShardId, ShardInfo, ShardRoute,
+    ClusterSettings, ClusterStatus, Epoch, Heartbeat, KeyRange, NodeCommand, NodeId, NodeInfo, NodeState, RaftRole,
+    RegisterNode, ReplicaDescriptor, ReplicaReport, ReplicaRole, ShardDescriptor, ShardId, ShardInfo, ShardRoute,
 };
 
 use crate::model::{AdminState, ClusterRecord, NodeRecord, PdState, ShardRecord, Writes};
@@ -181,6 +181,14 @@ pub fn heartbeat(
         ..hb.clone()
     };
     let full_report_wanted = !hb.full && !observed.has_reported(hb.node);
+    let mut membership_changed = Vec::new();
+    for r in known.replicas.iter().filter(|r| r.role == RaftRole::Leader && !r.replicas.is_empty()) {
+        if let Some(record) = state.shards.get(&r.shard)
+            && let Some(adopted) = adopt_membership(record, r)
+        {
+            membership_changed.push(adopted);
+        }
+    }
     let leader_changed = observed.record(&known, now_ms);
     let mut outcome = HeartbeatOutcome { leader_changed, full_report_wanted, ..Default::default() };
     for shard in state.shards.values().filter(|s| s.creating) {
@@ -198,7 +206,33 @@ pub fn heartbeat(
         let n = outcome.writes.shards.len();
         outcome.writes.event(state, now_ms, format!("{n} new shard(s) have all their replicas"));
     }
+    for record in membership_changed {
+        let d = &record.descriptor;
+        let replicas: Vec<String> = d
+            .replicas
+            .iter()
+            .map(|r| match r.role {
+                ReplicaRole::Voter => r.node.to_string(),
+                ReplicaRole::Learner => format!("{}(learner)", r.node),
+            })
+            .collect();
+        outcome.writes.event(state, now_ms, format!("shard {} membership {} at {}", d.id, replicas.join(","), d.epoch));
+        outcome.writes.shards.retain(|s| s.descriptor.id != d.id);
+        outcome.writes.shards.push(record);
+    }
     Ok(outcome)
+}
+
+/// The shard record after a membership change its leader reports: the group's
+/// config is the truth, and the PD follows it once applied (higher `conf_ver`,
+/// same range version).
+pub fn adopt_membership(record: &ShardRecord, report: &ReplicaReport) -> Option<ShardRecord> {
+    let d = &record.descriptor;
+    if report.epoch.version != d.epoch.version || report.epoch.conf_ver <= d.epoch.conf_ver {
+        return None;
+    }
+    let descriptor = ShardDescriptor { epoch: report.epoch, replicas: report.replicas.clone(), ..d.clone() };
+    Some(ShardRecord { descriptor, creating: record.creating })
 }
 
 /// Creates the initial shards once `replication_factor` live nodes exist:
@@ -341,7 +375,7 @@ pub fn cluster_status(
 
 #[cfg(test)]
 mod tests {
-    use cairn_proto::{NodeStats, RaftRole, ReplicaReport};
+    use cairn_proto::NodeStats;
 
     use super::*;
 
@@ -373,6 +407,7 @@ mod tests {
                     applied_index: 0,
                     key_count: 0,
                     size_bytes: 0,
+                    replicas: vec![],
                 })
                 .collect(),
             full: true,
@@ -499,5 +534,34 @@ mod tests {
         assert_eq!(status.shards[0].key_count, 7);
         assert_eq!(status.nodes[1].leaders, 1);
         assert_eq!(status.pd_members.len(), 3);
+    }
+
+    #[test]
+    fn the_pd_follows_membership_its_leaders_report() {
+        let mut state = booted(1);
+        let mut obs = Observed::new(0);
+        for n in 1..=3 {
+            heartbeat(&state, &mut obs, &hb(n, &[]), 10).unwrap();
+        }
+        state.apply(&create_initial_shards(&state, &obs, 10).unwrap(), 2);
+        let before = state.shards[&ShardId(1)].descriptor.clone();
+        let mut report = hb(2, &[1]);
+        let r = &mut report.replicas[0];
+        r.role = RaftRole::Leader;
+        r.leader = Some(NodeId(2));
+        r.epoch = Epoch { conf_ver: before.epoch.conf_ver + 2, version: before.epoch.version };
+        r.replicas = before.replicas.clone();
+        r.replicas[0].role = ReplicaRole::Learner;
+        let out = heartbeat(&state, &mut obs, &report, 20).unwrap();
+        let adopted = out.writes.shards.iter().find(|s| s.descriptor.id == ShardId(1)).expect("adopted");
+        assert_eq!(adopted.descriptor.epoch.conf_ver, before.epoch.conf_ver + 2);
+        assert_eq!(adopted.descriptor.replicas[0].role, ReplicaRole::Learner);
+        assert_eq!(adopted.descriptor.range, before.range);
+        state.apply(&out.writes, 3);
+        // The same report again, an older one, or one from another range version: nothing.
+        assert!(heartbeat(&state, &mut obs, &report, 30).unwrap().writes.shards.is_empty());
+        report.replicas[0].epoch.version += 1;
+        report.replicas[0].epoch.conf_ver += 5;
+        assert!(heartbeat(&state, &mut obs, &report, 40).unwrap().writes.shards.is_empty());
     }
 }

@@ -60,6 +60,8 @@ pub struct ReplicaReport {
     pub applied_index: u64,
     pub key_count: u64,
     pub size_bytes: u64,
+    /// Leaders only: the group's replicas as of `epoch.conf_ver`.
+    pub replicas: Vec<ReplicaDescriptor>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +203,16 @@ impl ClusterStatus {
 
 // ------------------------------------------------------------------ conversions
 
+fn replicas_to_pb(replicas: &[ReplicaDescriptor]) -> Vec<pb::Replica> {
+    let d = ShardDescriptor { replicas: replicas.to_vec(), ..Default::default() };
+    pb::ShardDescriptor::from(&d).replicas
+}
+
+fn replicas_from_pb(replicas: Vec<pb::Replica>) -> Result<Vec<ReplicaDescriptor>, ApiError> {
+    let d = pb::ShardDescriptor { replicas, ..Default::default() };
+    Ok(ShardDescriptor::try_from(d)?.replicas)
+}
+
 fn leader_of(id: u64, addr: String) -> Option<(NodeId, String)> {
     (id != 0).then_some((NodeId(id), addr))
 }
@@ -233,6 +245,7 @@ impl From<&ReplicaReport> for pb::ReplicaReport {
             applied_index: r.applied_index,
             key_count: r.key_count,
             size_bytes: r.size_bytes,
+            replicas: replicas_to_pb(&r.replicas),
         }
     }
 }
@@ -252,6 +265,7 @@ impl TryFrom<pb::ReplicaReport> for ReplicaReport {
             applied_index: r.applied_index,
             key_count: r.key_count,
             size_bytes: r.size_bytes,
+            replicas: replicas_from_pb(r.replicas)?,
         })
     }
 }

@@ -57,15 +57,18 @@ impl Reporter {
                     .unwrap_or_default(),
                 _ => (0, 0),
             };
+            let descriptor = r.descriptor();
+            let replicas = if st.role == RaftRole::Leader { descriptor.replicas } else { Vec::new() };
             let report = ReplicaReport {
                 shard,
-                epoch: r.descriptor().epoch,
+                epoch: descriptor.epoch,
                 role: st.role,
                 leader: st.leader,
                 term: st.term,
                 applied_index: st.applied_index,
                 key_count,
                 size_bytes,
+                replicas,
             };
             current.insert(shard, report);
         }

@@ -121,6 +121,15 @@ pub enum GroupError {
     Invalid(String),
 }
 
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            GroupError::NotLeader(f.leader_id.map(|id| (NodeId(id), f.leader_node.map(|n| n.addr).unwrap_or_default())))
+        }
+        e => GroupError::Unavailable(e.to_string()),
+    }
+}
+
 /// What a node reports about one hosted group.
 #[derive(Debug, Clone)]
 pub struct GroupStatus {
@@ -378,6 +387,37 @@ impl RaftGroup {
         } else {
             false
         }
+    }
+
+    /// Adds `node` as a learner (the leader then sends it the log or a
+    /// snapshot). Returns once the change is committed, not when the learner
+    /// has caught up. The learner's replica must exist on its node.
+    pub async fn add_learner(&self, node: NodeId, addr: &str) -> Result<(), GroupError> {
+        self.raft
+            .add_learner(node.0, BasicNode { addr: addr.to_string() }, false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// Makes `voters` the voter set (joint consensus, then the new config);
+    /// every new voter must already be a learner. Voters left out are removed
+    /// from the group entirely.
+    pub async fn change_voters(&self, voters: &[NodeId]) -> Result<(), GroupError> {
+        let ids: std::collections::BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// How far each peer's log matches the leader's (leader only; else empty).
+    pub fn replication_progress(&self) -> BTreeMap<NodeId, u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.replication
+            .map(|r| r.iter().map(|(id, log)| (NodeId(*id), log.map(|l| l.index).unwrap_or(0))).collect())
+            .unwrap_or_default()
     }
 
     /// Asks the group to hand leadership to `to`.
