@@ -37,18 +37,25 @@ async fn bootstrap_once_join_and_restart() -> anyhow::Result<()> {
     // The shards cover the key space in order without gaps.
     let ranges: Vec<KeyRange> = status.shards.iter().map(|s| s.route.descriptor.range.clone()).collect();
     assert_eq!(ranges, KeyRange::split_evenly(4));
-    // The PD's epochs are the ones the replicas use.
-    let mut listed = Vec::new();
-    for i in 0..4 {
-        listed.extend(cluster.node_client(i)?.list_shards().await?.1);
-    }
-    for s in &status.shards {
-        let replicas: Vec<_> = listed.iter().filter(|l| l.descriptor.id == s.route.descriptor.id).collect();
-        assert_eq!(replicas.len(), 3, "shard {} has 3 replicas", s.route.descriptor.id);
-        for r in replicas {
-            assert_eq!(r.descriptor.epoch, s.route.descriptor.epoch, "shard {}", s.route.descriptor.id);
+    // The PD's epochs are the ones the replicas use, once each replica has
+    // applied its group's first membership entry (a replica created a moment
+    // ago may not have yet: it shows conf_ver 0 until then).
+    let pd_epochs: Vec<_> = status.shards.iter().map(|s| (s.route.descriptor.id, s.route.descriptor.epoch)).collect();
+    let cluster_ref = &cluster;
+    wait_until("every replica at the PD's epoch", Duration::from_secs(30), || async {
+        let mut listed = Vec::new();
+        for i in 0..4 {
+            listed.extend(cluster_ref.node_client(i).ok()?.list_shards().await.ok()?.1);
         }
-    }
+        pd_epochs
+            .iter()
+            .all(|(id, epoch)| {
+                let replicas: Vec<_> = listed.iter().filter(|l| l.descriptor.id == *id).collect();
+                replicas.len() == 3 && replicas.iter().all(|r| r.descriptor.epoch == *epoch)
+            })
+            .then_some(())
+    })
+    .await?;
     let bootstraps = status.events.iter().filter(|e| e.message.contains("bootstrapped")).count();
     assert_eq!(bootstraps, 1);
 
