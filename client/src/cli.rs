@@ -59,7 +59,7 @@ use crate::{Client, ClientConfig, DirectClient, PdClient, ScanOptions};
 use anyhow::{Context, bail};
 use cairn_proto::{
     ClusterStatus, Document, Epoch, KeyRange, NodeId, NodeInfo, NodeState, RaftRole, ReplicaRole, ShardInfo,
-    ShardStatus, display_key,
+    ShardStatus, display_key, display_replicas,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::TryStreamExt;
@@ -711,20 +711,13 @@ fn render_pd_shards(shards: &[&ShardInfo]) -> String {
             Some((id, addr)) => node_label(*id, addr),
             None => "-".to_string(),
         };
-        let replicas: Vec<String> = d
-            .replicas
-            .iter()
-            .map(|r| match r.role {
-                ReplicaRole::Voter => r.node.to_string(),
-                ReplicaRole::Learner => format!("{}(learner)", r.node),
-            })
-            .collect();
+        let replicas = display_replicas(&d.replicas);
         vec![
             d.id.to_string(),
             d.range.to_string(),
             d.epoch.to_string(),
             leader,
-            replicas.join(","),
+            replicas,
             s.key_count.to_string(),
             human_bytes(s.size_bytes),
         ]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use cairn_proto::{
     ClusterSettings, ClusterStatus, Epoch, Heartbeat, KeyRange, NodeCommand, NodeId, NodeInfo, NodeState, RaftRole,
     RegisterNode, ReplicaDescriptor, ReplicaReport, ReplicaRole, ShardDescriptor, ShardId, ShardInfo, ShardRoute,
+    display_replicas,
 };
 
 use crate::model::{AdminState, ClusterRecord, NodeRecord, PdState, ShardRecord, Writes};
@@ -176,20 +177,17 @@ pub fn heartbeat(
     }
     // Reports of shards the PD does not know (stale, or made up) are dropped, so
     // the observed state stays bounded by the shard map.
-    let known = Heartbeat {
-        replicas: hb.replicas.iter().filter(|r| state.shards.contains_key(&r.shard)).cloned().collect(),
-        ..hb.clone()
-    };
+    let known = |shard: ShardId| state.shards.contains_key(&shard);
     let full_report_wanted = !hb.full && !observed.has_reported(hb.node);
     let mut membership_changed = Vec::new();
-    for r in known.replicas.iter().filter(|r| r.role == RaftRole::Leader && !r.replicas.is_empty()) {
+    for r in hb.replicas.iter().filter(|r| known(r.shard) && r.role == RaftRole::Leader && !r.replicas.is_empty()) {
         if let Some(record) = state.shards.get(&r.shard)
             && let Some(adopted) = adopt_membership(record, r)
         {
             membership_changed.push(adopted);
         }
     }
-    let leader_changed = observed.record(&known, now_ms);
+    let leader_changed = observed.record(hb, known, now_ms);
     let mut outcome = HeartbeatOutcome { leader_changed, full_report_wanted, ..Default::default() };
     for shard in state.shards.values().filter(|s| s.creating) {
         let d = &shard.descriptor;
@@ -208,15 +206,8 @@ pub fn heartbeat(
     }
     for record in membership_changed {
         let d = &record.descriptor;
-        let replicas: Vec<String> = d
-            .replicas
-            .iter()
-            .map(|r| match r.role {
-                ReplicaRole::Voter => r.node.to_string(),
-                ReplicaRole::Learner => format!("{}(learner)", r.node),
-            })
-            .collect();
-        outcome.writes.event(state, now_ms, format!("shard {} membership {} at {}", d.id, replicas.join(","), d.epoch));
+        let replicas = display_replicas(&d.replicas);
+        outcome.writes.event(state, now_ms, format!("shard {} membership {replicas} at {}", d.id, d.epoch));
         outcome.writes.shards.retain(|s| s.descriptor.id != d.id);
         outcome.writes.shards.push(record);
     }

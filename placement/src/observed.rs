@@ -44,8 +44,9 @@ impl Observed {
 
     /// Records a heartbeat (a full report replaces what the node hosts; a delta
     /// adds the reported replicas and drops the removed ones); returns the
-    /// shards whose leader changed.
-    pub fn record(&mut self, hb: &Heartbeat, now_ms: u64) -> Vec<ShardId> {
+    /// shards whose leader changed. Reports of shards for which `known` is
+    /// false are dropped, so the observed state stays bounded by the shard map.
+    pub fn record(&mut self, hb: &Heartbeat, known: impl Fn(ShardId) -> bool, now_ms: u64) -> Vec<ShardId> {
         let node = self.nodes.entry(hb.node).or_default();
         node.last_heartbeat_ms = now_ms;
         node.stats = hb.stats.clone();
@@ -55,7 +56,7 @@ impl Observed {
         for s in &hb.removed {
             node.hosted.remove(s);
         }
-        for r in &hb.replicas {
+        for r in hb.replicas.iter().filter(|r| known(r.shard)) {
             if r.role == RaftRole::Shutdown {
                 node.hosted.remove(&r.shard);
             } else {
@@ -63,7 +64,7 @@ impl Observed {
             }
         }
         let mut changed = Vec::new();
-        for r in &hb.replicas {
+        for r in hb.replicas.iter().filter(|r| known(r.shard)) {
             let Some(leader) = r.leader else { continue };
             let obs = self.shards.entry(r.shard).or_default();
             // A report from an older term never overrides a newer one.

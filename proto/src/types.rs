@@ -153,6 +153,18 @@ pub struct ReplicaDescriptor {
     pub role: ReplicaRole,
 }
 
+/// Renders replicas for people: `1,2,4(learner)`.
+pub fn display_replicas(replicas: &[ReplicaDescriptor]) -> String {
+    let labels: Vec<String> = replicas
+        .iter()
+        .map(|r| match r.role {
+            ReplicaRole::Voter => r.node.to_string(),
+            ReplicaRole::Learner => format!("{}(learner)", r.node),
+        })
+        .collect();
+    labels.join(",")
+}
+
 /// Everything a router needs to send a request to a shard.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct ShardDescriptor {
