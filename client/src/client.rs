@@ -763,6 +763,8 @@ impl Client {
         let mut last_err: Option<ApiError> = None;
         // The address the previous attempt failed on with a node-level error.
         let mut previous_failure: Option<String> = None;
+        // Nodes that answered NOT_LEADER with a hint since the last backoff.
+        let mut redirected_by: Vec<String> = Vec::new();
         while attempt < self.max_attempts {
             let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
@@ -823,7 +825,7 @@ impl Client {
                 self.refresh(first, last, deadline).await;
             }
             previous_failure = plan.avoid_target.then(|| addr.clone());
-            let wait = match plan.wait {
+            let mut wait = match plan.wait {
                 Wait::No => false,
                 Wait::Backoff => true,
                 Wait::IfUnchanged => {
@@ -836,7 +838,15 @@ impl Client {
                     })
                 }
             };
+            // During a leader transfer the old and the new leader can each name
+            // the other for a moment: a hint back to a node that already sent
+            // us on is followed after a backoff, not in a hot loop.
+            if let ApiError::NotLeader { leader: Some((_, hint)), .. } = &err {
+                wait |= redirected_by.iter().any(|a| a == hint);
+                redirected_by.push(addr.clone());
+            }
             if wait {
+                redirected_by.clear();
                 self.backoff(attempt, deadline).await;
             }
             attempt += 1;
