@@ -9,7 +9,10 @@
 //! - `--node ADDR` (env `CAIRN_NODE`) switches the data verbs to one node instead, through
 //!   a [`DirectClient`] seeded there (no PD needed). `node-shards` always asks the nodes
 //!   (through `--node`, default `127.0.0.1:7700`).
-//! - `status`, `nodes` and `shards` always ask the PD (`GetCluster`).
+//! - `status`, `nodes` and `shards` always ask the PD (`GetCluster`), and so do the
+//!   administrative verbs: `config show|set`, `shard move`, `leader transfer`,
+//!   `node drain|activate|remove`, `operators` and `rebalance status` (`--node` does
+//!   not apply to them).
 //!
 //! Keys on the command line are UTF-8 strings. Keys and range bounds are printed with
 //! [`display_key`]: the UTF-8 text when every character is printable, else `0x` followed
@@ -22,7 +25,9 @@
 //!   as stored).
 //! - Failures print one line `error: <message>` to stderr. Exit code 0 on success, 1 when
 //!   the key was not found (`get`, `delete`; stderr says `error: not found: KEY`), 2 on
-//!   any other error.
+//!   any other error. The administrative verbs print the API error as it is, so their
+//!   line is `error: CODE: text` with the stable code (`INVALID_ARGUMENT`, `UNAVAILABLE`,
+//!   ...) first.
 //! - Documents are validated as JSON before they are sent, and sent as the text given
 //!   (only surrounding JSON whitespace is trimmed), never re-encoded. A document (from
 //!   the argument or from stdin with `-`) may be at most [`VALUE_BYTES_MAX`] (1 MiB).
@@ -48,6 +53,27 @@
 //!   "learner"}], "leader": 1 | null, "size_bytes": 1024, "keys": 10}]`, in key order.
 //! - `node-shards`: `[{"id", "start", "end", "epoch", "role", "leader", "leader_addr",
 //!   "applied_index", "replicas"}]`: each shard as the most trusted replica reports it.
+//! - `config show` and `config set NAME VALUE` (the settings after the change):
+//!   `{"replication_factor": 3, "max_node_down_time_ms": 1800000, "max_moves_per_node": 2,
+//!   "max_operators": 16, "snapshot_bytes_per_sec": 268435456, "operator_timeout_ms":
+//!   600000, "balance_bytes_tolerance_percent": 25, "split_size_bytes": 100663296,
+//!   "split_keys": 1000000}`.
+//! - `operators`: `[{"id": 17, "shard": 3, "kind": "move-replica" | "add-replica" |
+//!   "remove-replica" | "transfer-leader", "from": 1 | null, "to": 4 | null, "reason":
+//!   "admin", "step": "catch-up", "age_ms": 1500, "snapshot_sent_bytes": 10485760,
+//!   "snapshot_total_bytes": 41943040, "rollback": "target down" | null}]` (`from`/`to`:
+//!   null when the kind has no such node; snapshot bytes 0 of 0 when none is in flight;
+//!   `rollback`: why the operator is being rolled back). `shard move` and `leader
+//!   transfer` print the operator they created as one such object.
+//! - `node drain|activate|remove ID`: the node afterwards, as one element of `nodes`.
+//! - `rebalance status`: `{"balanced": false, "mean_replicas": 4.0, "mean_leaders": 1.33,
+//!   "mean_size_bytes": 419430400, "replica_spread": 3, "leader_spread": 2,
+//!   "under_replicated": 1, "misplaced": 1, "operators": 2, "nodes": [{"id": 1, "state":
+//!   "up", "replicas": 6, "leaders": 3, "size_bytes": 629145600, "replicas_vs_mean": 2.0,
+//!   "leaders_vs_mean": 1.67, "size_vs_mean_percent": 50.0 | null}]}`, nodes by id. The
+//!   means are over the nodes in state `up` (the PD's `mean_replicas`); `*_vs_mean` is the
+//!   node's value minus the mean, `size_vs_mean_percent` its bytes' distance from the
+//!   mean in percent (null when the mean is 0). Fractions are rounded to 2 decimals.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -58,9 +84,11 @@ use crate::config::VALUE_BYTES_MAX;
 use crate::{Client, ClientConfig, DirectClient, PdClient, ScanOptions};
 use anyhow::{Context, bail};
 use cairn_proto::{
-    ClusterStatus, Document, Epoch, KeyRange, NodeId, NodeInfo, NodeState, RaftRole, ReplicaRole, ShardInfo,
-    ShardStatus, display_key, display_replicas,
+    AdminRequest, ClusterSettings, ClusterStatus, Document, Epoch, KeyRange, NodeBalance, NodeId, NodeInfo, NodeState,
+    OperatorInfo, OperatorKind, RaftRole, RebalanceStatus, ReplicaRole, SETTING_NAMES, ShardId, ShardInfo, ShardStatus,
+    display_key, display_replicas,
 };
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -142,6 +170,94 @@ enum Command {
     Shards,
     /// List the shards as the nodes report them (through --node), without the placement driver.
     NodeShards,
+    /// Show or change the cluster settings.
+    Config {
+        #[command(subcommand)]
+        verb: ConfigVerb,
+    },
+    /// Move a shard's replica from one node to another.
+    Shard {
+        #[command(subcommand)]
+        verb: ShardVerb,
+    },
+    /// Hand a shard's leadership to another node.
+    Leader {
+        #[command(subcommand)]
+        verb: LeaderVerb,
+    },
+    /// Drain, re-activate or remove a node.
+    Node {
+        #[command(subcommand)]
+        verb: NodeVerb,
+    },
+    /// List the operators in flight: shard, kind, step, age, snapshot progress.
+    Operators,
+    /// Show how far the cluster is from balanced.
+    Rebalance {
+        #[command(subcommand)]
+        verb: RebalanceVerb,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigVerb {
+    /// Print every cluster setting.
+    Show,
+    /// Change one cluster setting; prints every setting afterwards.
+    Set {
+        /// The setting to change.
+        #[arg(value_parser = setting_names())]
+        name: String,
+        /// Its new value, e.g. "3", "30m", "64MiB" (at most 256 bytes).
+        value: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardVerb {
+    /// Move SHARD's replica on one node to another (the new replica is filled first,
+    /// then swapped in). Prints the operator it started.
+    Move {
+        shard: u64,
+        /// The node whose replica leaves.
+        #[arg(long, value_name = "NODE")]
+        from: u64,
+        /// The node that gets the new replica.
+        #[arg(long, value_name = "NODE")]
+        to: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaderVerb {
+    /// Hand SHARD's leadership to a node holding a voter. Prints the operator it started.
+    Transfer {
+        shard: u64,
+        /// The node to lead the shard.
+        #[arg(long, value_name = "NODE")]
+        to: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeVerb {
+    /// Move every replica and leader off the node.
+    Drain { id: u64 },
+    /// Back to normal (ends a drain).
+    Activate { id: u64 },
+    /// Forget the node (refused while it still holds replicas).
+    Remove { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum RebalanceVerb {
+    /// Replicas, leaders and bytes per node against the mean; what is left to do.
+    Status,
+}
+
+/// The names `config set` accepts, with their help.
+fn setting_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(SETTING_NAMES.iter().map(|(name, help)| PossibleValue::new(*name).help(*help)))
 }
 
 /// How a command that did not fail ended.
@@ -326,6 +442,54 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             print(&match out {
                 Output::Table => render_node_shards(&shards),
                 Output::Json => to_json(&shards.iter().map(ShardJson::from).collect::<Vec<_>>())?,
+            })?;
+        }
+        Command::Config { verb } => {
+            let settings = match verb {
+                ConfigVerb::Show => cluster_status(&pd, config, 0).await?.settings,
+                ConfigVerb::Set { name, value } => PdClient::from_list(&pd, config)?.set_setting(&name, &value).await?,
+            };
+            print(&match out {
+                Output::Table => render_settings(&settings),
+                Output::Json => to_json(&SettingsJson::from(&settings))?,
+            })?;
+        }
+        Command::Shard { verb: ShardVerb::Move { shard, from, to } } => {
+            let kind = OperatorKind::MoveReplica { from: NodeId(from), to: NodeId(to) };
+            let operator = PdClient::from_list(&pd, config)?.create_operator(ShardId(shard), kind).await?;
+            print(&render_operator(&operator, out)?)?;
+        }
+        Command::Leader { verb: LeaderVerb::Transfer { shard, to } } => {
+            let kind = OperatorKind::TransferLeader { to: NodeId(to) };
+            let operator = PdClient::from_list(&pd, config)?.create_operator(ShardId(shard), kind).await?;
+            print(&render_operator(&operator, out)?)?;
+        }
+        Command::Node { verb } => {
+            let (id, state) = match verb {
+                NodeVerb::Drain { id } => (id, AdminRequest::Draining),
+                NodeVerb::Activate { id } => (id, AdminRequest::Active),
+                NodeVerb::Remove { id } => (id, AdminRequest::Removed),
+            };
+            let node = PdClient::from_list(&pd, config)?.set_node_state(NodeId(id), state).await?;
+            print(&match out {
+                Output::Table => render_nodes(std::slice::from_ref(&node)),
+                Output::Json => to_json(&NodeJson::from(&node))?,
+            })?;
+        }
+        Command::Operators => {
+            let mut operators = PdClient::from_list(&pd, config)?.list_operators().await?;
+            operators.sort_by_key(|o| (o.shard, o.id));
+            print(&match out {
+                Output::Table => render_operators(&operators),
+                Output::Json => to_json(&operators.iter().map(OperatorJson::from).collect::<Vec<_>>())?,
+            })?;
+        }
+        Command::Rebalance { verb: RebalanceVerb::Status } => {
+            let status = PdClient::from_list(&pd, config)?.rebalance_status().await?;
+            let report = RebalanceJson::from(&status);
+            print(&match out {
+                Output::Table => render_rebalance(&report),
+                Output::Json => to_json(&report)?,
             })?;
         }
     }
@@ -572,6 +736,146 @@ impl From<&ShardInfo> for PdShardJson {
     }
 }
 
+/// `config show|set --output json`.
+#[derive(Debug, PartialEq, Serialize)]
+struct SettingsJson {
+    replication_factor: u32,
+    max_node_down_time_ms: u64,
+    max_moves_per_node: u32,
+    max_operators: u32,
+    snapshot_bytes_per_sec: u64,
+    operator_timeout_ms: u64,
+    balance_bytes_tolerance_percent: u32,
+    split_size_bytes: u64,
+    split_keys: u64,
+}
+
+impl From<&ClusterSettings> for SettingsJson {
+    fn from(s: &ClusterSettings) -> Self {
+        SettingsJson {
+            replication_factor: s.replication_factor,
+            max_node_down_time_ms: s.max_node_down_time_ms,
+            max_moves_per_node: s.max_moves_per_node,
+            max_operators: s.max_operators,
+            snapshot_bytes_per_sec: s.snapshot_bytes_per_sec,
+            operator_timeout_ms: s.operator_timeout_ms,
+            balance_bytes_tolerance_percent: s.balance_bytes_tolerance_percent,
+            split_size_bytes: s.split_size_bytes,
+            split_keys: s.split_keys,
+        }
+    }
+}
+
+/// One element of `operators --output json`.
+#[derive(Debug, PartialEq, Serialize)]
+struct OperatorJson {
+    id: u64,
+    shard: ShardId,
+    kind: &'static str,
+    from: Option<NodeId>,
+    to: Option<NodeId>,
+    reason: String,
+    step: String,
+    age_ms: u64,
+    snapshot_sent_bytes: u64,
+    snapshot_total_bytes: u64,
+    rollback: Option<String>,
+}
+
+impl From<&OperatorInfo> for OperatorJson {
+    fn from(o: &OperatorInfo) -> Self {
+        let (kind, from, to) = match o.kind {
+            OperatorKind::MoveReplica { from, to } => ("move-replica", Some(from), Some(to)),
+            OperatorKind::AddReplica { to } => ("add-replica", None, Some(to)),
+            OperatorKind::RemoveReplica { from } => ("remove-replica", Some(from), None),
+            OperatorKind::TransferLeader { to } => ("transfer-leader", None, Some(to)),
+        };
+        OperatorJson {
+            id: o.id,
+            shard: o.shard,
+            kind,
+            from,
+            to,
+            reason: o.reason.clone(),
+            step: o.step.clone(),
+            age_ms: o.age_ms,
+            snapshot_sent_bytes: o.snapshot_sent_bytes,
+            snapshot_total_bytes: o.snapshot_total_bytes,
+            rollback: o.rollback.clone(),
+        }
+    }
+}
+
+/// `rebalance status --output json`; see the module docs for the contract.
+#[derive(Debug, PartialEq, Serialize)]
+struct RebalanceJson {
+    balanced: bool,
+    mean_replicas: f64,
+    mean_leaders: f64,
+    mean_size_bytes: u64,
+    replica_spread: u64,
+    leader_spread: u64,
+    under_replicated: u64,
+    misplaced: u64,
+    operators: u64,
+    nodes: Vec<NodeBalanceJson>,
+}
+
+/// One node of `rebalance status --output json`.
+#[derive(Debug, PartialEq, Serialize)]
+struct NodeBalanceJson {
+    id: NodeId,
+    state: NodeState,
+    replicas: u64,
+    leaders: u64,
+    size_bytes: u64,
+    replicas_vs_mean: f64,
+    leaders_vs_mean: f64,
+    size_vs_mean_percent: Option<f64>,
+}
+
+/// `x` rounded to two decimals, so JSON output does not show float noise.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+impl From<&RebalanceStatus> for RebalanceJson {
+    fn from(r: &RebalanceStatus) -> Self {
+        // The PD's mean is over up (active) nodes; the other means follow it.
+        let up: Vec<&NodeBalance> = r.nodes.iter().filter(|n| n.state == NodeState::Up).collect();
+        let count = up.len().max(1) as f64;
+        let mean_leaders = up.iter().map(|n| n.leaders as f64).sum::<f64>() / count;
+        let mean_size = up.iter().map(|n| n.size_bytes as f64).sum::<f64>() / count;
+        let mut nodes: Vec<&NodeBalance> = r.nodes.iter().collect();
+        nodes.sort_by_key(|n| n.node);
+        RebalanceJson {
+            balanced: r.balanced,
+            mean_replicas: round2(r.mean_replicas),
+            mean_leaders: round2(mean_leaders),
+            mean_size_bytes: mean_size.round() as u64,
+            replica_spread: r.replica_spread,
+            leader_spread: r.leader_spread,
+            under_replicated: r.under_replicated,
+            misplaced: r.misplaced,
+            operators: r.operators,
+            nodes: nodes
+                .into_iter()
+                .map(|n| NodeBalanceJson {
+                    id: n.node,
+                    state: n.state,
+                    replicas: n.replicas,
+                    leaders: n.leaders,
+                    size_bytes: n.size_bytes,
+                    replicas_vs_mean: round2(n.replicas as f64 - r.mean_replicas),
+                    leaders_vs_mean: round2(n.leaders as f64 - mean_leaders),
+                    size_vs_mean_percent: (mean_size > 0.0)
+                        .then(|| round2((n.size_bytes as f64 - mean_size) * 100.0 / mean_size)),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The PD's shards in key order.
 fn sorted_shards(status: &ClusterStatus) -> Vec<&ShardInfo> {
     let mut shards: Vec<&ShardInfo> = status.shards.iter().collect();
@@ -725,6 +1029,114 @@ fn render_pd_shards(shards: &[&ShardInfo]) -> String {
     render_rows(&rows)
 }
 
+/// Milliseconds for people, to the second ("0s", "1m 30s") or, below 10 s, to the
+/// tenth of a second ("1.5s").
+fn human_ms(ms: u64) -> String {
+    if ms < 10_000 {
+        return format!("{}.{}s", ms / 1000, ms % 1000 / 100);
+    }
+    humantime_serde::re::humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
+/// A signed difference with one decimal ("+2.0", "-0.5", "0.0").
+fn signed(x: f64) -> String {
+    if x.abs() < 0.05 { "0.0".to_string() } else { format!("{x:+.1}") }
+}
+
+fn render_settings(s: &ClusterSettings) -> String {
+    let duration = |ms: u64| humantime_serde::re::humantime::format_duration(Duration::from_millis(ms)).to_string();
+    render_fields(&[
+        ("replication-factor", s.replication_factor.to_string()),
+        ("max-node-down-time", duration(s.max_node_down_time_ms)),
+        ("max-moves-per-node", s.max_moves_per_node.to_string()),
+        ("max-operators", s.max_operators.to_string()),
+        ("snapshot-bytes-per-sec", human_bytes(s.snapshot_bytes_per_sec)),
+        ("operator-timeout", duration(s.operator_timeout_ms)),
+        ("balance-bytes-tolerance-percent", s.balance_bytes_tolerance_percent.to_string()),
+        ("split-size", human_bytes(s.split_size_bytes)),
+        ("split-keys", s.split_keys.to_string()),
+    ])
+}
+
+/// Snapshot progress as "sent/total MiB (pct%)", or "-" when none is in flight.
+fn snapshot_progress(sent: u64, total: u64) -> String {
+    if total == 0 {
+        return "-".to_string();
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let pct = (sent.min(total) as f64 * 100.0 / total as f64).floor();
+    format!("{:.1}/{:.1} MiB ({pct}%)", mib(sent), mib(total))
+}
+
+fn render_operators(operators: &[OperatorInfo]) -> String {
+    let header = ["ID", "SHARD", "KIND", "REASON", "STEP", "AGE", "SNAPSHOT", "ROLLBACK"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    rows.extend(operators.iter().map(|o| {
+        vec![
+            o.id.to_string(),
+            o.shard.to_string(),
+            o.kind.to_string(),
+            o.reason.clone(),
+            o.step.clone(),
+            human_ms(o.age_ms),
+            snapshot_progress(o.snapshot_sent_bytes, o.snapshot_total_bytes),
+            o.rollback.as_deref().map(|r| r.replace('\n', " ")).unwrap_or_else(|| "-".to_string()),
+        ]
+    }));
+    render_rows(&rows)
+}
+
+/// A created operator: its fields as a table, or one element of `operators` as JSON.
+fn render_operator(o: &OperatorInfo, out: Output) -> anyhow::Result<String> {
+    Ok(match out {
+        Output::Table => render_fields(&[
+            ("operator", o.id.to_string()),
+            ("shard", o.shard.to_string()),
+            ("kind", o.kind.to_string()),
+            ("reason", o.reason.clone()),
+            ("step", o.step.clone()),
+        ]),
+        Output::Json => to_json(&OperatorJson::from(o))?,
+    })
+}
+
+fn render_rebalance(r: &RebalanceJson) -> String {
+    let mut text = render_fields(&[
+        ("balanced", if r.balanced { "yes" } else { "no" }.to_string()),
+        ("replica_spread", r.replica_spread.to_string()),
+        ("leader_spread", r.leader_spread.to_string()),
+        ("under_replicated", r.under_replicated.to_string()),
+        ("misplaced", r.misplaced.to_string()),
+        ("operators", r.operators.to_string()),
+        (
+            "mean",
+            format!(
+                "{:.1} replicas, {:.1} leaders, {} per up node",
+                r.mean_replicas,
+                r.mean_leaders,
+                human_bytes(r.mean_size_bytes)
+            ),
+        ),
+    ]);
+    let header = ["NODE", "STATE", "REPLICAS", "VS MEAN", "LEADERS", "VS MEAN", "SIZE", "VS MEAN"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    rows.extend(r.nodes.iter().map(|n| {
+        vec![
+            n.id.to_string(),
+            n.state.as_str().to_string(),
+            n.replicas.to_string(),
+            signed(n.replicas_vs_mean),
+            n.leaders.to_string(),
+            signed(n.leaders_vs_mean),
+            human_bytes(n.size_bytes),
+            n.size_vs_mean_percent.map(|p| format!("{}%", signed(p))).unwrap_or_else(|| "-".to_string()),
+        ]
+    }));
+    text.push('\n');
+    text.push_str(&render_rows(&rows));
+    text
+}
+
 /// Rows as text with every column but the last padded to its widest cell.
 fn render_rows(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -751,7 +1163,7 @@ fn render_rows(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::{ClusterSettings, PdEvent, ReplicaDescriptor, ShardDescriptor, ShardId, ShardRoute};
+    use cairn_proto::{PdEvent, ReplicaDescriptor, ShardDescriptor, ShardRoute};
 
     fn doc(key: &[u8], value: &str) -> Document {
         Document {
@@ -1064,6 +1476,239 @@ mod tests {
              1   [, m)      2.1    2 (10.0.0.2:7700)  1,2,3(learner)  10    1000 B\n\
              2   [m, +inf)  2.2    -                  1,2             20    2.0 KiB\n"
         );
+    }
+
+    #[test]
+    fn cli_parses_the_admin_verbs() {
+        let cli = parse(&["cairnctl", "config", "show", "--output", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Config { verb: ConfigVerb::Show }));
+        assert_eq!(cli.output, Output::Json);
+        let cli = parse(&["cairnctl", "config", "set", "max-operators", "4"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Config { verb: ConfigVerb::Set { ref name, ref value } } if name == "max-operators" && value == "4"
+        ));
+        for (name, _) in SETTING_NAMES {
+            assert!(parse(&["cairnctl", "config", "set", name, "1"]).is_ok(), "{name}");
+        }
+        assert!(parse(&["cairnctl", "config", "set", "no-such-setting", "1"]).is_err());
+        assert!(parse(&["cairnctl", "config", "set", "max-operators"]).is_err(), "VALUE is required");
+
+        let cli = parse(&["cairnctl", "shard", "move", "3", "--from", "1", "--to", "4"]).unwrap();
+        assert!(matches!(cli.command, Command::Shard { verb: ShardVerb::Move { shard: 3, from: 1, to: 4 } }));
+        assert!(parse(&["cairnctl", "shard", "move", "3", "--to", "4"]).is_err(), "--from is required");
+        assert!(parse(&["cairnctl", "shard", "move", "--from", "1", "--to", "4"]).is_err(), "SHARD is required");
+        assert!(parse(&["cairnctl", "shard", "move", "x", "--from", "1", "--to", "4"]).is_err());
+
+        let cli = parse(&["cairnctl", "leader", "transfer", "3", "--to", "2", "--output", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Leader { verb: LeaderVerb::Transfer { shard: 3, to: 2 } }));
+        assert!(parse(&["cairnctl", "leader", "transfer", "3"]).is_err(), "--to is required");
+
+        let cli = parse(&["cairnctl", "node", "drain", "2"]).unwrap();
+        assert!(matches!(cli.command, Command::Node { verb: NodeVerb::Drain { id: 2 } }));
+        let cli = parse(&["cairnctl", "node", "activate", "2"]).unwrap();
+        assert!(matches!(cli.command, Command::Node { verb: NodeVerb::Activate { id: 2 } }));
+        // `node` the verb and `--node` the flag live side by side.
+        let cli = parse(&["cairnctl", "--node", "n:1", "node", "remove", "5"]).unwrap();
+        assert!(matches!(cli.command, Command::Node { verb: NodeVerb::Remove { id: 5 } }));
+        assert_eq!(cli.node.as_deref(), Some("n:1"));
+        assert!(parse(&["cairnctl", "node", "drain"]).is_err(), "ID is required");
+        assert!(parse(&["cairnctl", "node", "sleep", "2"]).is_err());
+
+        assert!(matches!(parse(&["cairnctl", "operators"]).unwrap().command, Command::Operators));
+        let cli = parse(&["cairnctl", "rebalance", "status", "--output", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Rebalance { verb: RebalanceVerb::Status }));
+    }
+
+    #[test]
+    fn config_set_help_lists_the_settings() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let set = command.find_subcommand_mut("config").unwrap().find_subcommand_mut("set").unwrap();
+        let help = set.render_long_help().to_string();
+        for (name, what) in SETTING_NAMES {
+            assert!(help.contains(name) && help.contains(what), "{name} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn settings_render_as_table_and_json() {
+        let settings = ClusterSettings::default();
+        let json = serde_json::to_value(SettingsJson::from(&settings)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "replication_factor": 3, "max_node_down_time_ms": 1800000, "max_moves_per_node": 2,
+                "max_operators": 16, "snapshot_bytes_per_sec": 268435456, "operator_timeout_ms": 600000,
+                "balance_bytes_tolerance_percent": 25, "split_size_bytes": 100663296, "split_keys": 1000000
+            })
+        );
+        assert_eq!(
+            render_settings(&settings),
+            "replication-factor               3\n\
+             max-node-down-time               30m\n\
+             max-moves-per-node               2\n\
+             max-operators                    16\n\
+             snapshot-bytes-per-sec           256.0 MiB\n\
+             operator-timeout                 10m\n\
+             balance-bytes-tolerance-percent  25\n\
+             split-size                       96.0 MiB\n\
+             split-keys                       1000000\n"
+        );
+    }
+
+    fn operators() -> Vec<OperatorInfo> {
+        vec![
+            OperatorInfo {
+                id: 17,
+                shard: ShardId(3),
+                kind: OperatorKind::MoveReplica { from: NodeId(1), to: NodeId(4) },
+                reason: "admin".into(),
+                step: "catch-up".into(),
+                age_ms: 95_000,
+                snapshot_sent_bytes: 10 << 20,
+                snapshot_total_bytes: 40 << 20,
+                rollback: None,
+            },
+            OperatorInfo {
+                id: 18,
+                shard: ShardId(5),
+                kind: OperatorKind::TransferLeader { to: NodeId(2) },
+                reason: "balance-leaders".into(),
+                step: "transfer-leader".into(),
+                age_ms: 1_520,
+                snapshot_sent_bytes: 0,
+                snapshot_total_bytes: 0,
+                rollback: Some("target down".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn operators_render_as_table_and_json() {
+        let ops = operators();
+        assert_eq!(
+            render_operators(&ops),
+            "ID  SHARD  KIND                 REASON           STEP             AGE     SNAPSHOT             ROLLBACK\n\
+             17  3      move-replica 1->4    admin            catch-up         1m 35s  10.0/40.0 MiB (25%)  -\n\
+             18  5      transfer-leader ->2  balance-leaders  transfer-leader  1.5s    -                    target down\n"
+        );
+        let json = serde_json::to_value(ops.iter().map(OperatorJson::from).collect::<Vec<_>>()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {
+                    "id": 17, "shard": 3, "kind": "move-replica", "from": 1, "to": 4, "reason": "admin",
+                    "step": "catch-up", "age_ms": 95000, "snapshot_sent_bytes": 10485760,
+                    "snapshot_total_bytes": 41943040, "rollback": null
+                },
+                {
+                    "id": 18, "shard": 5, "kind": "transfer-leader", "from": null, "to": 2,
+                    "reason": "balance-leaders", "step": "transfer-leader", "age_ms": 1520,
+                    "snapshot_sent_bytes": 0, "snapshot_total_bytes": 0, "rollback": "target down"
+                }
+            ])
+        );
+        let add = OperatorInfo { kind: OperatorKind::AddReplica { to: NodeId(6) }, ..ops[0].clone() };
+        let json = serde_json::to_value(OperatorJson::from(&add)).unwrap();
+        assert_eq!(
+            (json["kind"].as_str(), json["from"].as_u64(), json["to"].as_u64()),
+            (Some("add-replica"), None, Some(6))
+        );
+        let remove = OperatorInfo { kind: OperatorKind::RemoveReplica { from: NodeId(1) }, ..ops[0].clone() };
+        let json = serde_json::to_value(OperatorJson::from(&remove)).unwrap();
+        assert_eq!(
+            (json["kind"].as_str(), json["from"].as_u64(), json["to"].as_u64()),
+            (Some("remove-replica"), Some(1), None)
+        );
+        let created = render_operator(&ops[0], Output::Table).unwrap();
+        assert_eq!(
+            created,
+            "operator  17\nshard     3\nkind      move-replica 1->4\nreason    admin\nstep      catch-up\n"
+        );
+    }
+
+    #[test]
+    fn snapshot_progress_is_bounded() {
+        assert_eq!(snapshot_progress(0, 0), "-");
+        assert_eq!(snapshot_progress(0, 1 << 20), "0.0/1.0 MiB (0%)");
+        assert_eq!(snapshot_progress(3 << 19, 1 << 20), "1.5/1.0 MiB (100%)", "never above 100%");
+        assert_eq!(snapshot_progress(u64::MAX, u64::MAX), "17592186044416.0/17592186044416.0 MiB (100%)");
+    }
+
+    #[test]
+    fn rebalance_renders_as_table_and_json() {
+        let node = |id: u64, state, replicas, leaders, size_bytes| NodeBalance {
+            node: NodeId(id),
+            state,
+            replicas,
+            leaders,
+            size_bytes,
+        };
+        let status = RebalanceStatus {
+            nodes: vec![
+                node(2, NodeState::Up, 2, 0, 200 << 20),
+                node(1, NodeState::Up, 6, 3, 600 << 20),
+                node(3, NodeState::Up, 4, 1, 400 << 20),
+                node(4, NodeState::Draining, 1, 0, 100 << 20),
+            ],
+            mean_replicas: 4.0,
+            replica_spread: 4,
+            leader_spread: 3,
+            under_replicated: 1,
+            misplaced: 1,
+            operators: 2,
+            balanced: false,
+        };
+        let report = RebalanceJson::from(&status);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "balanced": false, "mean_replicas": 4.0, "mean_leaders": 1.33, "mean_size_bytes": 419430400,
+                "replica_spread": 4, "leader_spread": 3, "under_replicated": 1, "misplaced": 1, "operators": 2,
+                "nodes": [
+                    {"id": 1, "state": "up", "replicas": 6, "leaders": 3, "size_bytes": 629145600,
+                     "replicas_vs_mean": 2.0, "leaders_vs_mean": 1.67, "size_vs_mean_percent": 50.0},
+                    {"id": 2, "state": "up", "replicas": 2, "leaders": 0, "size_bytes": 209715200,
+                     "replicas_vs_mean": -2.0, "leaders_vs_mean": -1.33, "size_vs_mean_percent": -50.0},
+                    {"id": 3, "state": "up", "replicas": 4, "leaders": 1, "size_bytes": 419430400,
+                     "replicas_vs_mean": 0.0, "leaders_vs_mean": -0.33, "size_vs_mean_percent": 0.0},
+                    {"id": 4, "state": "draining", "replicas": 1, "leaders": 0, "size_bytes": 104857600,
+                     "replicas_vs_mean": -3.0, "leaders_vs_mean": -1.33, "size_vs_mean_percent": -75.0}
+                ]
+            })
+        );
+        assert_eq!(
+            render_rebalance(&report),
+            "balanced          no\n\
+             replica_spread    4\n\
+             leader_spread     3\n\
+             under_replicated  1\n\
+             misplaced         1\n\
+             operators         2\n\
+             mean              4.0 replicas, 1.3 leaders, 400.0 MiB per up node\n\
+             \n\
+             NODE  STATE     REPLICAS  VS MEAN  LEADERS  VS MEAN  SIZE       VS MEAN\n\
+             1     up        6         +2.0     3        +1.7     600.0 MiB  +50.0%\n\
+             2     up        2         -2.0     0        -1.3     200.0 MiB  -50.0%\n\
+             3     up        4         0.0      1        -0.3     400.0 MiB  0.0%\n\
+             4     draining  1         -3.0     0        -1.3     100.0 MiB  -75.0%\n"
+        );
+        // No up node (or an empty cluster): no division by zero, no size percentage.
+        let empty = RebalanceStatus { nodes: vec![node(4, NodeState::Down, 0, 0, 0)], mean_replicas: 0.0, ..status };
+        let json = serde_json::to_value(RebalanceJson::from(&empty)).unwrap();
+        assert_eq!(json["nodes"][0]["size_vs_mean_percent"], serde_json::Value::Null);
+        assert_eq!(json["mean_leaders"], 0.0);
+    }
+
+    #[test]
+    fn ages_are_humanised() {
+        assert_eq!(human_ms(0), "0.0s");
+        assert_eq!(human_ms(1_520), "1.5s");
+        assert_eq!(human_ms(9_999), "9.9s");
+        assert_eq!(human_ms(95_000), "1m 35s");
+        assert!(!human_ms(u64::MAX).is_empty());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::pb::pd_client::PdClient as PdGrpc;
 use cairn_proto::{
-    ApiError, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, RegisterNode, ShardMapEvent, ShardRoute, pb,
+    AdminRequest, ApiError, ClusterSettings, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, NodeInfo,
+    NodeStateChange, OperatorInfo, OperatorKind, OperatorRequest, RebalanceStatus, RegisterNode, SettingChange,
+    ShardId, ShardMapEvent, ShardRoute, pb,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Channel, Endpoint};
@@ -154,6 +156,58 @@ impl PdClient {
         ClusterStatus::try_from(resp).map_err(|e| ApiError::Internal(format!("malformed cluster status: {e}")))
     }
 
+    /// Changes one cluster setting (a name of [`cairn_proto::SETTING_NAMES`]; the PD
+    /// parses the value); returns every setting after the change. Checked here
+    /// before anything is sent.
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<ClusterSettings, ApiError> {
+        let change = SettingChange { name: name.to_string(), value: value.to_string() };
+        change.validate()?;
+        let req = pb::SetSettingRequest::from(&change);
+        let resp = self.call("SetSetting", req, |mut pd, r| async move { pd.set_setting(r).await }).await?;
+        let settings =
+            resp.settings.ok_or_else(|| ApiError::Internal("SetSetting answered without settings".into()))?;
+        Ok(settings.into())
+    }
+
+    /// Starts an operator on `shard` (not shard 0, the PD's own). Like every call
+    /// it is retried on another member after a timeout, so a retry of an operator
+    /// the PD did create can be refused because the shard already has one: check
+    /// [`PdClient::list_operators`].
+    pub async fn create_operator(&self, shard: ShardId, kind: OperatorKind) -> Result<OperatorInfo, ApiError> {
+        let request = OperatorRequest { shard, kind };
+        request.validate()?;
+        let req = pb::CreateOperatorRequest::from(&request);
+        let resp = self.call("CreateOperator", req, |mut pd, r| async move { pd.create_operator(r).await }).await?;
+        let operator =
+            resp.operator.ok_or_else(|| ApiError::Internal("CreateOperator answered without an operator".into()))?;
+        OperatorInfo::try_from(operator).map_err(|e| ApiError::Internal(format!("malformed operator: {e}")))
+    }
+
+    /// The operators in flight.
+    pub async fn list_operators(&self) -> Result<Vec<OperatorInfo>, ApiError> {
+        let req = pb::ListOperatorsRequest {};
+        let resp = self.call("ListOperators", req, |mut pd, r| async move { pd.list_operators(r).await }).await?;
+        let operators = resp.operators.into_iter().map(OperatorInfo::try_from).collect::<Result<Vec<_>, _>>();
+        operators.map_err(|e| ApiError::Internal(format!("malformed operator list: {e}")))
+    }
+
+    /// Drains, re-activates or removes `node`; returns the node as the PD now sees it.
+    pub async fn set_node_state(&self, node: NodeId, state: AdminRequest) -> Result<NodeInfo, ApiError> {
+        let change = NodeStateChange { node, state };
+        change.validate()?;
+        let req = pb::SetNodeStateRequest::from(&change);
+        let resp = self.call("SetNodeState", req, |mut pd, r| async move { pd.set_node_state(r).await }).await?;
+        let info = resp.node.ok_or_else(|| ApiError::Internal("SetNodeState answered without a node".into()))?;
+        NodeInfo::try_from(info).map_err(|e| ApiError::Internal(format!("malformed node info: {e}")))
+    }
+
+    /// How far the cluster is from balanced.
+    pub async fn rebalance_status(&self) -> Result<RebalanceStatus, ApiError> {
+        let req = pb::RebalanceStatusRequest {};
+        let resp = self.call("RebalanceStatus", req, |mut pd, r| async move { pd.rebalance_status(r).await }).await?;
+        RebalanceStatus::try_from(resp).map_err(|e| ApiError::Internal(format!("malformed rebalance status: {e}")))
+    }
+
     /// Subscribes to shard-map changes after `from_revision` (0 = start with the
     /// whole map). Opening the stream fails over like any call; the stream
     /// itself does not.
@@ -269,6 +323,23 @@ mod tests {
         ));
         let c = PdClient::from_list("127.0.0.1:1, 127.0.0.1:2", ClientConfig::default()).unwrap();
         assert_eq!(c.endpoints(), vec!["127.0.0.1:1", "127.0.0.1:2"]);
+    }
+
+    #[tokio::test]
+    async fn malformed_admin_requests_fail_before_anything_is_sent() {
+        // Nothing listens there: an answer other than INVALID_ARGUMENT means a request went out.
+        let config = ClientConfig { max_attempts: 1, ..Default::default() };
+        let c = PdClient::from_list("127.0.0.1:1", config).unwrap();
+        let invalid = |r: Result<(), ApiError>| matches!(r, Err(ApiError::InvalidArgument(_)));
+        assert!(invalid(c.set_setting("no-such-setting", "1").await.map(|_| ())));
+        assert!(invalid(c.set_setting("max-operators", &"1".repeat(257)).await.map(|_| ())));
+        let transfer = OperatorKind::TransferLeader { to: NodeId(2) };
+        assert!(invalid(c.create_operator(ShardId(0), transfer).await.map(|_| ())), "the PD's own shard");
+        let to_itself = OperatorKind::MoveReplica { from: NodeId(2), to: NodeId(2) };
+        assert!(invalid(c.create_operator(ShardId(3), to_itself).await.map(|_| ())));
+        assert!(invalid(c.set_node_state(NodeId(0), AdminRequest::Draining).await.map(|_| ())));
+        let sent = c.set_setting("max-operators", "4").await.unwrap_err();
+        assert!(matches!(sent, ApiError::Unavailable(_) | ApiError::DeadlineExceeded(_)), "{sent:?}");
     }
 
     #[tokio::test]

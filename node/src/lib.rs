@@ -17,6 +17,7 @@ pub mod raft;
 pub mod service;
 pub mod shard;
 pub mod storage;
+pub mod test_hooks;
 pub mod transport;
 
 pub use config::NodeConfig;

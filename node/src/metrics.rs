@@ -8,6 +8,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,19 @@ struct Metrics {
     snapshots_received: Counter,
     snapshot_bytes_received: Counter,
     snapshot_seconds: Histogram,
+    snapshot_send_seconds: Histogram,
+    snapshot_receive_seconds: Histogram,
+    snapshot_send_failures: Family<ReasonLabels, Counter>,
+    snapshot_bandwidth_waits: Counter,
+    snapshot_bandwidth_wait_seconds: Histogram,
+    snapshot_rate_limit: Gauge,
+    node_commands: Family<CommandLabels, Counter>,
+    node_commands_in_flight: Gauge,
+    replicas_destroyed: Counter,
+    tombstone_refusals: Counter,
+    pd_operators: Family<OperatorLabels, Counter>,
+    pd_operator_seconds: Family<OperatorKindLabels, Histogram>,
+    pd_operators_in_flight: Gauge,
     pd_requests: Family<PdLabels, Counter>,
     pd_commits: Family<PdLabels, Counter>,
     heartbeats_sent: Family<PdLabels, Counter>,
@@ -38,6 +52,35 @@ struct Metrics {
 pub struct PdLabels {
     pub op: &'static str,
     pub result: &'static str,
+}
+
+/// `kind`: a PD command (`add-learner`, ...); `result`: `done`, `already-done`,
+/// the reason it was skipped (`not-leader`, `stale-conf-ver`, `tombstoned`,
+/// ...), `busy` (dropped: one in flight for the shard or too many) or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+/// A finished operator: its kind (`move-replica`, ...), outcome (`done`,
+/// `rolled-back`, `abandoned`) and why it was created (`repair`, ...; an
+/// unknown reason is `other`, to keep the label set bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperatorLabels {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperatorKindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 fn metrics() -> &'static Metrics {
@@ -53,6 +96,21 @@ fn metrics() -> &'static Metrics {
         let snapshots_received = Counter::default();
         let snapshot_bytes_received = Counter::default();
         let snapshot_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let snapshot_send_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let snapshot_receive_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let snapshot_send_failures = Family::<ReasonLabels, Counter>::default();
+        let snapshot_bandwidth_waits = Counter::default();
+        let snapshot_bandwidth_wait_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let snapshot_rate_limit = Gauge::default();
+        let node_commands = Family::<CommandLabels, Counter>::default();
+        let node_commands_in_flight = Gauge::default();
+        let replicas_destroyed = Counter::default();
+        let tombstone_refusals = Counter::default();
+        let pd_operators = Family::<OperatorLabels, Counter>::default();
+        let pd_operator_seconds = Family::<OperatorKindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.1, 2.0, 16))
+        });
+        let pd_operators_in_flight = Gauge::default();
         let pd_requests = Family::<PdLabels, Counter>::default();
         let pd_commits = Family::<PdLabels, Counter>::default();
         let heartbeats_sent = Family::<PdLabels, Counter>::default();
@@ -70,6 +128,67 @@ fn metrics() -> &'static Metrics {
         registry.register("snapshots_received", "Snapshots received from peers", snapshots_received.clone());
         registry.register("snapshot_received_bytes", "Snapshot bytes received", snapshot_bytes_received.clone());
         registry.register("snapshot_transfer_seconds", "Duration of snapshot transfers", snapshot_seconds.clone());
+        registry.register(
+            "snapshot_send_seconds",
+            "Duration of snapshots sent to peers, bandwidth waits included",
+            snapshot_send_seconds.clone(),
+        );
+        registry.register(
+            "snapshot_receive_seconds",
+            "Duration of snapshots received, staging and install included",
+            snapshot_receive_seconds.clone(),
+        );
+        registry.register(
+            "snapshot_send_failures",
+            "Snapshot transfers to peers that did not complete, by reason",
+            snapshot_send_failures.clone(),
+        );
+        registry.register(
+            "snapshot_bandwidth_waits",
+            "Snapshot chunks that waited for the node's snapshot bandwidth limit",
+            snapshot_bandwidth_waits.clone(),
+        );
+        registry.register(
+            "snapshot_bandwidth_wait_seconds",
+            "Time snapshot chunks waited for the bandwidth limit",
+            snapshot_bandwidth_wait_seconds.clone(),
+        );
+        registry.register(
+            "snapshot_rate_limit_bytes_per_sec",
+            "Outgoing snapshot bandwidth limit of this node (0: unlimited)",
+            snapshot_rate_limit.clone(),
+        );
+        registry.register("node_commands", "PD commands this node executed, by kind and result", node_commands.clone());
+        registry.register(
+            "node_commands_in_flight",
+            "PD commands this node is executing now",
+            node_commands_in_flight.clone(),
+        );
+        registry.register(
+            "replicas_destroyed",
+            "Replicas this node destroyed (documents, log and record)",
+            replicas_destroyed.clone(),
+        );
+        registry.register(
+            "tombstone_refusals",
+            "Replica creations refused because the shard was destroyed here at a configuration not older",
+            tombstone_refusals.clone(),
+        );
+        registry.register(
+            "pd_operators",
+            "Operators the PD finished, by kind, outcome and reason",
+            pd_operators.clone(),
+        );
+        registry.register(
+            "pd_operator_duration_seconds",
+            "Time from an operator's creation to its end",
+            pd_operator_seconds.clone(),
+        );
+        registry.register(
+            "pd_operators_in_flight",
+            "Operators in flight, as the PD leader last saw them",
+            pd_operators_in_flight.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -79,6 +198,19 @@ fn metrics() -> &'static Metrics {
             snapshots_received,
             snapshot_bytes_received,
             snapshot_seconds,
+            snapshot_send_seconds,
+            snapshot_receive_seconds,
+            snapshot_send_failures,
+            snapshot_bandwidth_waits,
+            snapshot_bandwidth_wait_seconds,
+            snapshot_rate_limit,
+            node_commands,
+            node_commands_in_flight,
+            replicas_destroyed,
+            tombstone_refusals,
+            pd_operators,
+            pd_operator_seconds,
+            pd_operators_in_flight,
             pd_requests,
             pd_commits,
             heartbeats_sent,
@@ -117,6 +249,7 @@ pub fn snapshot_sent(bytes: u64, elapsed: Duration) {
     m.snapshots_sent.inc();
     m.snapshot_bytes_sent.inc_by(bytes);
     m.snapshot_seconds.observe(elapsed.as_secs_f64());
+    m.snapshot_send_seconds.observe(elapsed.as_secs_f64());
 }
 
 pub fn snapshot_received(bytes: u64, elapsed: Duration) {
@@ -124,6 +257,53 @@ pub fn snapshot_received(bytes: u64, elapsed: Duration) {
     m.snapshots_received.inc();
     m.snapshot_bytes_received.inc_by(bytes);
     m.snapshot_seconds.observe(elapsed.as_secs_f64());
+    m.snapshot_receive_seconds.observe(elapsed.as_secs_f64());
+}
+
+/// `reason`: `cancelled` (openraft stopped the transfer) or `error`.
+pub fn snapshot_send_failed(reason: &'static str) {
+    metrics().snapshot_send_failures.get_or_create(&ReasonLabels { reason }).inc();
+}
+
+pub fn snapshot_bandwidth_wait(waited: Duration) {
+    let m = metrics();
+    m.snapshot_bandwidth_waits.inc();
+    m.snapshot_bandwidth_wait_seconds.observe(waited.as_secs_f64());
+}
+
+pub fn snapshot_rate_limit(bytes_per_sec: u64) {
+    metrics().snapshot_rate_limit.set(i64::try_from(bytes_per_sec).unwrap_or(i64::MAX));
+}
+
+pub fn node_command(kind: &'static str, result: &'static str) {
+    metrics().node_commands.get_or_create(&CommandLabels { kind, result }).inc();
+}
+
+pub fn node_commands_in_flight(n: usize) {
+    metrics().node_commands_in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+pub fn replica_destroyed() {
+    metrics().replicas_destroyed.inc();
+}
+
+/// The operator reasons the PD uses, as static labels.
+const OPERATOR_REASONS: &[&str] =
+    &["admin", "repair", "drain", "balance-replicas", "balance-leaders", "replication-factor"];
+
+pub fn pd_operator_finished(kind: &'static str, outcome: &'static str, reason: &str, duration_ms: u64) {
+    let m = metrics();
+    let reason = OPERATOR_REASONS.iter().find(|r| **r == reason).copied().unwrap_or("other");
+    m.pd_operators.get_or_create(&OperatorLabels { kind, outcome, reason }).inc();
+    m.pd_operator_seconds.get_or_create(&OperatorKindLabels { kind }).observe(duration_ms as f64 / 1000.0);
+}
+
+pub fn pd_operators_in_flight(n: usize) {
+    metrics().pd_operators_in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+pub fn tombstone_refusal() {
+    metrics().tombstone_refusals.inc();
 }
 
 /// The whole exposition text, with the node's storage counters appended.

@@ -17,7 +17,7 @@ use cairn_proto::ClusterSettings;
 
 use crate::config::NodeConfig;
 use crate::pd::{BootstrapSettings, PD_SHARD, PdRuntime};
-use crate::raft::{GroupError, RaftGroup};
+use crate::raft::{GroupError, RaftGroup, RaftSettings};
 use crate::shard::kv::Kv;
 use crate::shard::{Registry, Replica};
 use crate::storage::codec::{decode, encode};
@@ -44,6 +44,30 @@ pub enum NodeError {
     Cancelled,
     #[error("shard {shard}: {source}")]
     Group { shard: ShardId, source: GroupError },
+    /// A replica of the shard was destroyed here at `tombstone`; creating one
+    /// for a configuration that is not newer is refused.
+    #[error("shard {shard} was destroyed here at conf_ver {tombstone}; a replica at conf_ver {requested} is stale")]
+    Tombstoned { shard: ShardId, tombstone: u64, requested: u64 },
+    /// The replica's configuration is newer than the one a destroy named.
+    #[error("shard {shard}'s replica is at conf_ver {local}, newer than {allowed}; not destroyed")]
+    ReplicaNewer { shard: ShardId, local: u64, allowed: u64 },
+    #[error("shard {0} is already hosted here")]
+    AlreadyHosted(ShardId),
+}
+
+impl NodeError {
+    fn from_storage(e: StorageError) -> Self {
+        match e {
+            StorageError::Tombstoned { shard, tombstone, requested } => {
+                NodeError::Tombstoned { shard: ShardId(shard), tombstone, requested }
+            }
+            StorageError::ReplicaNewer { shard, local, allowed } => {
+                NodeError::ReplicaNewer { shard: ShardId(shard), local, allowed }
+            }
+            StorageError::ShardExists(shard) => NodeError::AlreadyHosted(ShardId(shard)),
+            e => NodeError::Storage(e),
+        }
+    }
 }
 
 /// What the services of a node share.
@@ -66,13 +90,27 @@ impl NodeShared {
     /// group. `members`, when given, initialises a new group with those voters;
     /// a replica joining an existing group starts empty and is filled by its
     /// leader (log or snapshot).
+    ///
+    /// The replica is refused ([`NodeError::Tombstoned`]) when a replica of the
+    /// shard was destroyed here at a `conf_ver` at least `descriptor.epoch.conf_ver`
+    /// (checked in the transaction that creates the record), and
+    /// ([`NodeError::AlreadyHosted`]) when the shard has a record here. The record
+    /// is stored with `conf_ver` 0 whatever the descriptor says: the group's
+    /// membership entries (each applied one adds 1, from the initial one on) or
+    /// the snapshot its leader sends bring it to the group's value, so counting
+    /// starts from zero.
     pub async fn create_replica(
         &self,
-        descriptor: ShardDescriptor,
+        mut descriptor: ShardDescriptor,
         members: Option<&[(NodeId, String)]>,
         config: &NodeConfig,
     ) -> Result<(), NodeError> {
         let shard = descriptor.id;
+        if self.registry.get(shard).is_some() {
+            return Err(NodeError::AlreadyHosted(shard));
+        }
+        let requested = descriptor.epoch.conf_ver;
+        descriptor.epoch.conf_ver = 0;
         let record = ShardRecord {
             descriptor,
             data_id: 0,
@@ -81,29 +119,94 @@ impl NodeShared {
             membership: None,
             stats: Default::default(),
         };
-        self.storage.call(|done| WriteOp::CreateShard { record, done }).await?;
-        let record = self.storage.shard_record(shard)?.ok_or(StorageError::ShardMissing(shard.0))?;
-        let (tx, rx) = watch::channel(record.descriptor.clone());
-        let group = RaftGroup::start(self.id, shard, self.storage.clone(), self.transport.clone(), &config.raft, tx)
+        self.storage
+            .call(|done| WriteOp::CreateShardUnlessTombstoned { record, requested_conf_ver: requested, done })
             .await
-            .map_err(|source| NodeError::Group { shard, source })?;
+            .map_err(NodeError::from_storage)?;
+        let record = self.storage.shard_record(shard)?.ok_or(StorageError::ShardMissing(shard.0))?;
+        let replica = start_replica(self.id, record, &self.storage, &self.transport, &config.raft).await?;
         if let Some(members) = members {
-            group.initialize(members).await.map_err(|source| NodeError::Group { shard, source })?;
+            replica.group.initialize(members).await.map_err(|source| NodeError::Group { shard, source })?;
         }
-        self.registry.insert(Arc::new(Replica { group, descriptor: rx }));
-        tracing::info!(%shard, "replica created");
+        self.registry.insert(replica);
+        tracing::info!(%shard, conf_ver = requested, initialised = members.is_some(), "replica created");
         Ok(())
     }
 
     /// Stops a replica and deletes it from this node: its record, log and
-    /// metadata at once, its documents in the background.
+    /// metadata at once, its documents in the background. Leaves a tombstone at
+    /// the replica's own `conf_ver`.
     pub async fn destroy_replica(&self, shard: ShardId) -> Result<(), NodeError> {
         if let Some(replica) = self.registry.remove(shard) {
             replica.group.shutdown().await;
         }
-        self.storage.call(|done| WriteOp::DestroyShard { shard: shard.0, done }).await?;
+        self.storage
+            .call(|done| WriteOp::DestroyShard {
+                shard: shard.0,
+                tombstone_conf_ver: 0,
+                max_conf_ver: None,
+                destroyed_at_ms: now_ms(),
+                done,
+            })
+            .await
+            .map_err(NodeError::from_storage)?;
+        crate::metrics::replica_destroyed();
         tracing::info!(%shard, "replica destroyed");
         Ok(())
+    }
+
+    /// Destroys the replica of `shard` for a configuration at `conf_ver`: only
+    /// if the replica's own `conf_ver` is at most that ([`NodeError::ReplicaNewer`]
+    /// otherwise), leaving a tombstone at `conf_ver` in the transaction that
+    /// deletes the record. The check is made before the group stops and again in
+    /// that transaction (the group may apply a membership entry meanwhile); if
+    /// the second one declines, the group is started again from its intact
+    /// record. Whether this node may destroy (not the PD shard, not the leader)
+    /// is the caller's decision.
+    pub async fn destroy_replica_at(
+        &self,
+        shard: ShardId,
+        conf_ver: u64,
+        config: &NodeConfig,
+    ) -> Result<(), NodeError> {
+        let Some(replica) = self.registry.get(shard) else {
+            return Err(NodeError::Storage(StorageError::ShardMissing(shard.0)));
+        };
+        let local = replica.conf_ver();
+        if local > conf_ver {
+            return Err(NodeError::ReplicaNewer { shard, local, allowed: conf_ver });
+        }
+        drop(replica);
+        if let Some(replica) = self.registry.remove(shard) {
+            replica.group.shutdown().await;
+        }
+        let destroyed = self
+            .storage
+            .call(|done| WriteOp::DestroyShard {
+                shard: shard.0,
+                tombstone_conf_ver: conf_ver,
+                max_conf_ver: Some(conf_ver),
+                destroyed_at_ms: now_ms(),
+                done,
+            })
+            .await
+            .map_err(NodeError::from_storage);
+        match destroyed {
+            Ok(()) => {
+                crate::metrics::replica_destroyed();
+                tracing::info!(%shard, conf_ver, "replica destroyed; tombstone left");
+                Ok(())
+            }
+            Err(e @ NodeError::ReplicaNewer { .. }) => {
+                // The record is intact: serve it again.
+                if let Some(record) = self.storage.shard_record(shard)? {
+                    let replica = start_replica(self.id, record, &self.storage, &self.transport, &config.raft).await?;
+                    self.registry.insert(replica);
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -141,10 +244,28 @@ impl NodeShared {
     }
 }
 
+/// Starts the Raft group of a replica whose record is stored.
+async fn start_replica(
+    node: NodeId,
+    record: ShardRecord,
+    storage: &Arc<Storage>,
+    transport: &Arc<Transport>,
+    raft: &RaftSettings,
+) -> Result<Arc<Replica>, NodeError> {
+    let shard = record.shard();
+    let (tx, rx) = watch::channel(record.descriptor);
+    let group = RaftGroup::start(node, shard, storage.clone(), transport.clone(), raft, tx)
+        .await
+        .map_err(|source| NodeError::Group { shard, source })?;
+    Ok(Arc::new(Replica { group, descriptor: rx }))
+}
+
 pub struct Node {
     pub shared: Arc<NodeShared>,
     pub config: NodeConfig,
     cancel: CancellationToken,
+    /// Cuts every open gRPC connection (crash, or a shutdown that overran).
+    kill: CancellationToken,
     server: Mutex<Option<JoinHandle<()>>>,
     metrics_server: Mutex<Option<JoinHandle<()>>>,
     background: Mutex<Vec<JoinHandle<()>>>,
@@ -193,12 +314,7 @@ impl Node {
 
         let pd_fresh = Self::bootstrap_pd(&config, &storage, &record).await?;
         for record in storage.shard_records()? {
-            let shard = record.shard();
-            let (tx, rx) = watch::channel(record.descriptor.clone());
-            let group = RaftGroup::start(id, shard, storage.clone(), transport.clone(), &config.raft, tx)
-                .await
-                .map_err(|source| NodeError::Group { shard, source })?;
-            registry.insert(Arc::new(Replica { group, descriptor: rx }));
+            registry.insert(start_replica(id, record, &storage, &transport, &config.raft).await?);
         }
         if pd_fresh {
             let members: Vec<(NodeId, String)> =
@@ -240,7 +356,8 @@ impl Node {
             pd_client: pd_client.clone(),
             cluster_id: record.cluster_id,
         });
-        let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone());
+        let kill = CancellationToken::new();
+        let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone(), kill.clone());
         let mut background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
         if let Some(pd) = &pd {
             background.push(pd.spawn(cancel.clone()));
@@ -264,6 +381,7 @@ impl Node {
             shared,
             config,
             cancel,
+            kill,
             server: Mutex::new(Some(server)),
             metrics_server: Mutex::new(metrics_server),
             background: Mutex::new(background),
@@ -352,8 +470,9 @@ impl Node {
         if let Some(s) = server
             && tokio::time::timeout(Duration::from_secs(5), s).await.is_err()
         {
-            tracing::warn!("gRPC server did not stop within 5 s");
+            tracing::warn!("gRPC server did not stop within 5 s; cutting its connections");
         }
+        self.kill.cancel();
         if let Some(m) = self.metrics_server.lock().expect("metrics handle lock").take() {
             m.abort();
         }
@@ -374,6 +493,7 @@ impl Node {
     /// Stops abruptly, as a killed process would: in-flight writes are lost
     /// unless an earlier durable commit covered them. For tests.
     pub async fn crash(&self) {
+        self.kill.cancel();
         if let Some(s) = self.server.lock().expect("server handle lock").take() {
             s.abort();
         }

@@ -125,3 +125,98 @@ async fn cairnctl_end_to_end() {
     assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
     node.shutdown().await;
 }
+
+/// `error: CODE: text` with a stable code first, on one line.
+fn is_api_error(err: &str, code: &str) -> bool {
+    err.starts_with(&format!("error: {code}: ")) && err.lines().count() == 1
+}
+
+/// The rebalancing verbs against a real one-node cluster: settings, operators,
+/// node states, the balance report; their JSON contract and their errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairnctl_admin_verbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = NodeConfig {
+        listen: addr,
+        data_dir: dir.path().to_path_buf(),
+        initial_pd: vec![(1, addr.to_string())],
+        initial_shards: 2,
+        ..NodeConfig::default()
+    };
+    let node = Node::start_with_listener(config, listener).await.unwrap();
+    let pd = addr.to_string();
+    let pd = pd.as_str();
+
+    // The initial shards exist once `shards` lists them (cairnctl's retries ride out the election).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, out, _) = cairnctl(pd, &["shards", "--output", "json"], None).await;
+        if code == 0 && serde_json::from_str::<serde_json::Value>(&out).unwrap()[1].is_object() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the initial shards never appeared: {out}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let (code, out, err) = cairnctl(pd, &["config", "show", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let settings: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(settings["max_operators"], 16, "{out}");
+    for field in ["replication_factor", "max_node_down_time_ms", "max_moves_per_node", "snapshot_bytes_per_sec"] {
+        assert!(settings[field].is_u64(), "{field} in {out}");
+    }
+    let (code, out, err) = cairnctl(pd, &["config", "set", "max-operators", "4", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["max_operators"], 4, "{out}");
+    let (code, out, _) = cairnctl(pd, &["config", "show"], None).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("max-operators ") && l.ends_with(" 4")), "{out}");
+    let (code, _, err) = cairnctl(pd, &["config", "set", "max-operators", "many"], None).await;
+    assert_eq!(code, 2);
+    assert!(is_api_error(&err, "INVALID_ARGUMENT"), "{err}");
+    let (code, _, _) = cairnctl(pd, &["config", "set", "no-such-setting", "1"], None).await;
+    assert_eq!(code, 2, "refused by the argument parser");
+
+    let (code, out, err) = cairnctl(pd, &["operators", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!([]), "{out}");
+    let (code, out, _) = cairnctl(pd, &["operators"], None).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID  SHARD  KIND"), "{out}");
+
+    let (code, out, err) = cairnctl(pd, &["rebalance", "status", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((report["nodes"][0]["id"].as_u64(), report["nodes"][0]["replicas"].as_u64()), (Some(1), Some(2)));
+    assert_eq!((report["operators"].as_u64(), report["under_replicated"].as_u64()), (Some(0), Some(0)), "{out}");
+    assert!(report["balanced"].is_boolean(), "{out}");
+    let (code, out, _) = cairnctl(pd, &["rebalance", "status"], None).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("balanced  "), "{out}");
+
+    // Refused before anything is sent, and by the PD.
+    let (code, _, err) = cairnctl(pd, &["shard", "move", "0", "--from", "1", "--to", "2"], None).await;
+    assert_eq!(code, 2);
+    assert!(is_api_error(&err, "INVALID_ARGUMENT") && err.contains("shard 0"), "{err}");
+    let (code, _, err) = cairnctl(pd, &["shard", "move", "1", "--from", "1", "--to", "9"], None).await;
+    assert_eq!(code, 2, "node 9 does not exist");
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = cairnctl(pd, &["node", "remove", "1"], None).await;
+    assert_eq!(code, 2, "node 1 holds replicas");
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+
+    let (code, out, err) = cairnctl(pd, &["node", "drain", "1", "--output", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let drained: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((drained["id"].as_u64(), drained["state"].as_str()), (Some(1), Some("draining")), "{out}");
+    let (code, out, err) = cairnctl(pd, &["node", "activate", "1"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID") && out.lines().nth(1).is_some_and(|l| l.contains(" up ")), "{out}");
+
+    let (code, _, err) = cairnctl("127.0.0.1:1", &["operators"], None).await;
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
+    node.shutdown().await;
+}

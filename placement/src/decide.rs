@@ -32,6 +32,12 @@ pub enum PdError {
     AddressTaken { addr: String, node: NodeId },
     #[error("invalid setting: {0}")]
     InvalidSetting(String),
+    #[error("shard {0} does not exist")]
+    UnknownShard(ShardId),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// The first writes of a new cluster: its record and the PD members as nodes.
@@ -57,6 +63,7 @@ pub fn bootstrap(
         initial_shards,
         initial_shards_created: false,
         settings,
+        next_operator_id: 1,
     };
     let mut writes = Writes { cluster: Some(cluster), ..Default::default() };
     for (id, addr) in pd_members {
@@ -85,6 +92,21 @@ pub fn validate_settings(s: &ClusterSettings) -> Result<(), PdError> {
     }
     if s.split_size_bytes == 0 || s.split_keys == 0 {
         return Err(PdError::InvalidSetting("split thresholds must be positive".into()));
+    }
+    if s.max_moves_per_node == 0 || s.max_moves_per_node > 64 {
+        return Err(PdError::InvalidSetting("max-moves-per-node must be between 1 and 64".into()));
+    }
+    if s.max_operators == 0 || s.max_operators > 1024 {
+        return Err(PdError::InvalidSetting("max-operators must be between 1 and 1024".into()));
+    }
+    if s.snapshot_bytes_per_sec != 0 && s.snapshot_bytes_per_sec < 1 << 20 {
+        return Err(PdError::InvalidSetting("snapshot-bytes-per-sec must be 0 (unlimited) or at least 1MiB".into()));
+    }
+    if s.operator_timeout_ms < 10_000 {
+        return Err(PdError::InvalidSetting("operator-timeout must be at least 10s".into()));
+    }
+    if s.balance_bytes_tolerance_percent == 0 || s.balance_bytes_tolerance_percent > 1000 {
+        return Err(PdError::InvalidSetting("balance-bytes-tolerance-percent must be between 1 and 1000".into()));
     }
     Ok(())
 }
@@ -399,6 +421,9 @@ mod tests {
                     key_count: 0,
                     size_bytes: 0,
                     replicas: vec![],
+                    joint: false,
+                    last_log_index: 0,
+                    progress: vec![],
                 })
                 .collect(),
             full: true,

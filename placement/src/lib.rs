@@ -11,6 +11,12 @@
 //! - [`decide`]: functions `(state, observed, input, now) -> (answer, Writes)`:
 //!   bootstrap, node registration, heartbeats, initial shard creation, and the
 //!   read-only views (routing, cluster status).
+//! - [`operator`]: the next step of an operator (replica move, addition,
+//!   removal, leader transfer) from the shard's observed state; commands for
+//!   nodes; finishing and rolling back.
+//! - [`schedule`]: the scheduler (repair, replication factor, drain, replica
+//!   and leader balance) and the rebalance status.
+//! - [`admin`]: settings, hand-made operators, node drain/remove.
 //!
 //! Invariants:
 //! - Only the PD writes the shard map; nodes report what they observe.
@@ -19,9 +25,12 @@
 //!   fail instead of overwriting a newer leader's.
 //! - Decisions are deterministic given their inputs (time is a parameter).
 
+pub mod admin;
 pub mod decide;
 pub mod model;
 pub mod observed;
+pub mod operator;
+pub mod schedule;
 
 pub use decide::*;
 pub use model::{PdState, Writes};

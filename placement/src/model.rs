@@ -5,10 +5,12 @@
 //! - `pd/node/<id, 20 digits>` -> [`NodeRecord`]
 //! - `pd/shard/<id, 20 digits>` -> [`ShardRecord`]
 //! - `pd/event/<seq, 20 digits>` -> [`EventRecord`] (the last [`EVENTS_KEPT`])
+//! - `pd/op/<shard id, 20 digits>` -> [`OperatorRecord`] (at most one per shard,
+//!   deleted when it finishes)
 
 use std::collections::{BTreeMap, VecDeque};
 
-use cairn_proto::{ClusterSettings, KeyRange, NodeId, PdEvent, ReplicaRole, ShardDescriptor, ShardId};
+use cairn_proto::{ClusterSettings, KeyRange, NodeId, OperatorKind, PdEvent, ReplicaRole, ShardDescriptor, ShardId};
 use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &[u8] = b"pd/";
@@ -16,6 +18,7 @@ pub const CLUSTER_KEY: &[u8] = b"pd/cluster";
 const NODE_PREFIX: &str = "pd/node/";
 const SHARD_PREFIX: &str = "pd/shard/";
 const EVENT_PREFIX: &str = "pd/event/";
+const OPERATOR_PREFIX: &str = "pd/op/";
 
 /// Events kept in the PD's bounded event log.
 pub const EVENTS_KEPT: usize = 256;
@@ -32,6 +35,10 @@ pub fn event_key(seq: u64) -> Vec<u8> {
     format!("{EVENT_PREFIX}{seq:020}").into_bytes()
 }
 
+pub fn operator_key(shard: ShardId) -> Vec<u8> {
+    format!("{OPERATOR_PREFIX}{:020}", shard.0).into_bytes()
+}
+
 /// The cluster itself: identity, id allocators and settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
@@ -46,6 +53,30 @@ pub struct ClusterRecord {
     pub initial_shards: u32,
     pub initial_shards_created: bool,
     pub settings: ClusterSettings,
+    /// Next operator id (records from before operators existed lack it).
+    #[serde(default = "first_id")]
+    pub next_operator_id: u64,
+}
+
+fn first_id() -> u64 {
+    1
+}
+
+/// A change of one shard's replicas or leader, in flight. Its progress is
+/// not stored: the next step is computed from the shard's observed state
+/// ([`crate::operator::step`]), so a new PD leader resumes it where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub id: u64,
+    pub shard: ShardId,
+    pub kind: OperatorKind,
+    /// Why it was created ("admin", "repair", "drain", ...).
+    pub reason: String,
+    pub created_at_ms: u64,
+    /// Not promoted by then: rolled back.
+    pub deadline_ms: u64,
+    /// Set when the PD decided to roll it back, with the reason.
+    pub rollback: Option<String>,
 }
 
 /// A node's administrative state (liveness is observed, not stored).
@@ -90,6 +121,7 @@ pub struct PdState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub shards: BTreeMap<ShardId, ShardRecord>,
     pub events: VecDeque<EventRecord>,
+    pub operators: BTreeMap<ShardId, OperatorRecord>,
     pub versions: BTreeMap<Vec<u8>, u64>,
 }
 
@@ -128,6 +160,12 @@ impl PdState {
                 state.shards.insert(r.descriptor.id, r);
             } else if text.starts_with(EVENT_PREFIX) {
                 state.events.push_back(parse(value).map_err(bad)?);
+            } else if text.starts_with(OPERATOR_PREFIX) {
+                let r: OperatorRecord = parse(value).map_err(bad)?;
+                if operator_key(r.shard) != key {
+                    return Err(bad(format!("holds the operator of shard {}", r.shard)));
+                }
+                state.operators.insert(r.shard, r);
             } else {
                 return Err(bad("unknown PD key".into()));
             }
@@ -154,6 +192,15 @@ impl PdState {
         for e in &writes.events {
             self.events.push_back(e.clone());
             self.versions.insert(event_key(e.seq), version);
+        }
+        for o in &writes.operators {
+            self.operators.insert(o.shard, o.clone());
+            self.versions.insert(operator_key(o.shard), version);
+        }
+        for shard in &writes.operators_done {
+            self.operators.remove(shard);
+            // Absent again: a later operator on the shard compares against 0.
+            self.versions.remove(&operator_key(*shard));
         }
         while self.events.len() > EVENTS_KEPT {
             if let Some(e) = self.events.pop_front() {
@@ -216,6 +263,10 @@ pub struct Writes {
     pub nodes: Vec<NodeRecord>,
     pub shards: Vec<ShardRecord>,
     pub events: Vec<EventRecord>,
+    /// Operators created or updated.
+    pub operators: Vec<OperatorRecord>,
+    /// Shards whose operator finished (its record is deleted).
+    pub operators_done: Vec<ShardId>,
 }
 
 /// One key-level operation of a PD transaction.
@@ -227,7 +278,12 @@ pub enum KeyOp {
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.cluster.is_none() && self.nodes.is_empty() && self.shards.is_empty() && self.events.is_empty()
+        self.cluster.is_none()
+            && self.nodes.is_empty()
+            && self.shards.is_empty()
+            && self.events.is_empty()
+            && self.operators.is_empty()
+            && self.operators_done.is_empty()
     }
 
     /// Adds an event, taking its sequence number from the cluster record (which
@@ -250,6 +306,8 @@ impl Writes {
         self.nodes.extend(other.nodes);
         self.shards.extend(other.shards);
         self.events.extend(other.events);
+        self.operators.extend(other.operators);
+        self.operators_done.extend(other.operators_done);
     }
 
     /// The transaction for these writes against `state`: compares (key, version
@@ -267,6 +325,12 @@ impl Writes {
         }
         for e in &self.events {
             ops.push(KeyOp::Put(event_key(e.seq), json(e)));
+        }
+        for o in &self.operators {
+            ops.push(KeyOp::Put(operator_key(o.shard), json(o)));
+        }
+        for shard in &self.operators_done {
+            ops.push(KeyOp::Delete(operator_key(*shard)));
         }
         let overflow = (state.events.len() + self.events.len()).saturating_sub(EVENTS_KEPT);
         for e in state.events.iter().take(overflow) {
@@ -306,6 +370,7 @@ mod tests {
             initial_shards: 1,
             initial_shards_created: false,
             settings: ClusterSettings::default(),
+            next_operator_id: 1,
         }
     }
 

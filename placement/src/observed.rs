@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_proto::{Heartbeat, NodeId, NodeStats, RaftRole, ShardId};
+use cairn_proto::{Heartbeat, NodeId, NodeStats, PeerProgress, RaftRole, ShardId};
 
 /// How often nodes heartbeat, unless the PD says otherwise.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
@@ -27,6 +27,18 @@ pub struct ShardObs {
     pub applied_index: u64,
     pub key_count: u64,
     pub size_bytes: u64,
+    /// From the leader's last report: its configuration's `conf_ver`, whether
+    /// that configuration is joint, its last log index and its peers' progress.
+    pub conf_ver: u64,
+    pub joint: bool,
+    pub last_log_index: u64,
+    pub progress: Vec<PeerProgress>,
+}
+
+impl ShardObs {
+    pub fn progress_of(&self, node: NodeId) -> Option<&PeerProgress> {
+        self.progress.iter().find(|p| p.node == node)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,6 +92,10 @@ impl Observed {
                 obs.applied_index = r.applied_index;
                 obs.key_count = r.key_count;
                 obs.size_bytes = r.size_bytes;
+                obs.conf_ver = r.epoch.conf_ver;
+                obs.joint = r.joint;
+                obs.last_log_index = r.last_log_index;
+                obs.progress = r.progress.clone();
             }
         }
         changed
@@ -104,5 +120,18 @@ impl Observed {
 
     pub fn hosts(&self, node: NodeId, shard: ShardId) -> bool {
         self.nodes.get(&node).is_some_and(|n| n.hosted.contains(&shard))
+    }
+
+    /// How long the node has been silent, counting from this PD leader's
+    /// takeover for a node not heard from since.
+    pub fn silent_for(&self, node: NodeId, now_ms: u64) -> u64 {
+        let last = self.nodes.get(&node).map(|n| n.last_heartbeat_ms).unwrap_or(self.since_ms);
+        now_ms.saturating_sub(last)
+    }
+
+    /// Every node has had the time to report since this PD leader took over,
+    /// so the observed state is complete enough to schedule from.
+    pub fn settled(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.since_ms) >= NODE_DOWN_AFTER_MS
     }
 }

@@ -433,6 +433,38 @@ impl Pd for MockPd {
         st.pd_call(self.member, |c| c.get_cluster += 1)?;
         Ok(Response::new(pb::GetClusterResponse::from(&st.cluster_status())))
     }
+
+    async fn set_setting(&self, _: Request<pb::SetSettingRequest>) -> Result<Response<pb::SetSettingResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn create_operator(
+        &self,
+        _: Request<pb::CreateOperatorRequest>,
+    ) -> Result<Response<pb::CreateOperatorResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn list_operators(
+        &self,
+        _: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn set_node_state(
+        &self,
+        _: Request<pb::SetNodeStateRequest>,
+    ) -> Result<Response<pb::SetNodeStateResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
+
+    async fn rebalance_status(
+        &self,
+        _: Request<pb::RebalanceStatusRequest>,
+    ) -> Result<Response<pb::RebalanceStatusResponse>, Status> {
+        Err(Status::unimplemented("not in the mock"))
+    }
 }
 
 /// The shape of a mock cluster.

@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_placement::{self as placement, Observed, PdState, Writes, model::KeyOp};
 use cairn_proto::{
-    ApiError, ClusterSettings, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, RegisterNode, Session,
-    ShardId, ShardMapEvent, ShardRoute,
+    AdminRequest, ApiError, ClusterSettings, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, NodeInfo,
+    OperatorInfo, OperatorKind, RebalanceStatus, RegisterNode, Session, ShardId, ShardMapEvent, ShardRoute,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -71,7 +71,17 @@ fn now_ms() -> u64 {
 fn pd_error(e: placement::PdError) -> ApiError {
     match e {
         placement::PdError::NotBootstrapped => ApiError::Unavailable(e.to_string()),
+        placement::PdError::UnknownShard(shard) => ApiError::ShardNotFound { shard },
         _ => ApiError::InvalidArgument(e.to_string()),
+    }
+}
+
+fn operator_kind_label(kind: &OperatorKind) -> &'static str {
+    match kind {
+        OperatorKind::MoveReplica { .. } => "move-replica",
+        OperatorKind::AddReplica { .. } => "add-replica",
+        OperatorKind::RemoveReplica { .. } => "remove-replica",
+        OperatorKind::TransferLeader { .. } => "transfer-leader",
     }
 }
 
@@ -229,13 +239,36 @@ impl PdRuntime {
         Ok(version)
     }
 
+    /// The leader's periodic work: initial shards, then operators (finish,
+    /// roll back), then the scheduler.
     async fn tick(&self) -> Result<(), ApiError> {
         let mut guard = self.lead().await?;
         let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        let replica = self.group()?;
         if let Some(writes) = placement::create_initial_shards(&leader.state, &leader.observed, now_ms()) {
-            let replica = self.group()?;
             self.commit(&replica, leader, writes).await?;
         }
+        let (writes, finished) = placement::operator::advance(&leader.state, &leader.observed, now_ms());
+        if !writes.is_empty() {
+            self.commit(&replica, leader, writes).await?;
+            for f in &finished {
+                let kind = operator_kind_label(&f.op.kind);
+                crate::metrics::pd_operator_finished(kind, f.outcome.label(), f.op.reason.as_str(), f.duration_ms);
+                tracing::info!(
+                    id = f.op.id, shard = %f.op.shard, kind = %f.op.kind, reason = %f.op.reason,
+                    outcome = ?f.outcome, duration_ms = f.duration_ms, "operator finished"
+                );
+            }
+        }
+        let plans = placement::schedule::schedule(&leader.state, &leader.observed, now_ms());
+        if !plans.is_empty() {
+            let (writes, ops) = placement::schedule::create(&leader.state, &plans, now_ms());
+            self.commit(&replica, leader, writes).await?;
+            for op in &ops {
+                tracing::info!(id = op.id, shard = %op.shard, kind = %op.kind, reason = %op.reason, "operator started");
+            }
+        }
+        crate::metrics::pd_operators_in_flight(leader.state.operators.len());
         Ok(())
     }
 
@@ -262,11 +295,23 @@ impl PdRuntime {
             let replica = self.group()?;
             self.commit(&replica, leader, outcome.writes).await?;
         }
-        // interval 0: nodes keep their configured interval.
+        // Operator steps for this node, from the state just updated by its report.
+        let now = now_ms();
+        let mut commands = outcome.commands;
+        for command in placement::operator::commands_for(&leader.state, &leader.observed, hb.node, now) {
+            if commands.len() >= placement::COMMANDS_PER_HEARTBEAT_MAX {
+                break;
+            }
+            commands.push(command);
+        }
+        // Nodes taking part in an operator report faster, so each step follows
+        // the previous one within ~100 ms; 0: the node's configured interval.
+        let busy = placement::operator::busy(&leader.state, &leader.observed, hb.node);
         Ok(HeartbeatAnswer {
-            commands: outcome.commands,
-            interval_ms: 0,
+            commands,
+            interval_ms: if busy { placement::operator::OPERATOR_HEARTBEAT_MS } else { 0 },
             full_report_wanted: outcome.full_report_wanted,
+            settings: Some(leader.state.settings()),
         })
     }
 
@@ -321,6 +366,69 @@ impl PdRuntime {
             vec![full_map(leader)]
         };
         Ok((first, rx))
+    }
+
+    /// Changes one cluster setting (`cairnctl config set`); returns them all.
+    pub async fn set_setting(&self, name: &str, value: &str) -> Result<ClusterSettings, ApiError> {
+        let mut guard = self.lead().await?;
+        let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        let writes = placement::admin::set_setting(&leader.state, name, value, now_ms()).map_err(pd_error)?;
+        if !writes.is_empty() {
+            let replica = self.group()?;
+            self.commit(&replica, leader, writes).await?;
+        }
+        Ok(leader.state.settings())
+    }
+
+    /// Creates an operator by hand (`cairnctl shard move`, `leader transfer`).
+    pub async fn create_operator(&self, shard: ShardId, kind: OperatorKind) -> Result<OperatorInfo, ApiError> {
+        let mut guard = self.lead().await?;
+        let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        let now = now_ms();
+        let (op, writes) =
+            placement::admin::create_operator(&leader.state, &leader.observed, shard, kind, now).map_err(pd_error)?;
+        let replica = self.group()?;
+        self.commit(&replica, leader, writes).await?;
+        tracing::info!(id = op.id, shard = %op.shard, kind = %op.kind, "operator started by an administrator");
+        Ok(placement::operator::info(&leader.state, &leader.observed, &op, now))
+    }
+
+    /// The operators in flight.
+    pub async fn list_operators(&self) -> Result<Vec<OperatorInfo>, ApiError> {
+        let guard = self.lead().await?;
+        let leader = guard.as_ref().expect("lead() returns a loaded leader");
+        let now = now_ms();
+        Ok(leader
+            .state
+            .operators
+            .values()
+            .map(|op| placement::operator::info(&leader.state, &leader.observed, op, now))
+            .collect())
+    }
+
+    /// Drains, re-activates or removes a node; returns its new state.
+    pub async fn set_node_state(&self, node: NodeId, state: AdminRequest) -> Result<NodeInfo, ApiError> {
+        let mut guard = self.lead().await?;
+        let leader = guard.as_mut().expect("lead() returns a loaded leader");
+        let now = now_ms();
+        let writes = placement::admin::set_node_state(&leader.state, node, state, now).map_err(pd_error)?;
+        if !writes.is_empty() {
+            let replica = self.group()?;
+            self.commit(&replica, leader, writes).await?;
+        }
+        let status = placement::cluster_status(&leader.state, &leader.observed, now, None, leader.revision, 0);
+        status
+            .nodes
+            .into_iter()
+            .find(|n| n.id == node)
+            .ok_or_else(|| ApiError::Internal(format!("node {node} vanished from the PD state")))
+    }
+
+    /// How far the cluster is from balanced.
+    pub async fn rebalance_status(&self) -> Result<RebalanceStatus, ApiError> {
+        let guard = self.lead().await?;
+        let leader = guard.as_ref().expect("lead() returns a loaded leader");
+        Ok(placement::schedule::rebalance_status(&leader.state, &leader.observed, now_ms()))
     }
 
     /// The whole map as one event (for a watcher that fell behind).

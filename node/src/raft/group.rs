@@ -1,6 +1,6 @@
 //! [`RaftGroup`]: one shard's Raft instance behind a small, openraft-free API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -139,6 +139,48 @@ pub struct GroupStatus {
     pub term: u64,
     pub applied_index: u64,
     pub last_log_index: u64,
+}
+
+/// A group's configuration as this replica's effective membership (the last
+/// membership entry in its log, committed or not) has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipSummary {
+    /// Every voter; in a joint configuration the union of its voter sets.
+    pub voters: BTreeSet<NodeId>,
+    /// The voter set the configuration moves to: the last set of a joint one,
+    /// the only one otherwise.
+    pub target_voters: BTreeSet<NodeId>,
+    /// Members that are not voters.
+    pub learners: BTreeSet<NodeId>,
+    /// Between the two entries of a voter change.
+    pub joint: bool,
+}
+
+impl MembershipSummary {
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
+
+    fn of(membership: &openraft::Membership<u64, BasicNode>) -> Self {
+        let configs = membership.get_joint_config();
+        Self {
+            voters: membership.voter_ids().map(NodeId).collect(),
+            target_voters: configs.last().map(|c| c.iter().copied().map(NodeId).collect()).unwrap_or_default(),
+            learners: membership.learner_ids().map(NodeId).collect(),
+            joint: configs.len() > 1,
+        }
+    }
+}
+
+/// What a leader knows about its group, for the PD's reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    /// The last index of the leader's log.
+    pub last_log_index: u64,
+    pub membership: MembershipSummary,
+    /// Every other member with the index its log matches the leader's up to
+    /// (0: nothing known yet), in node order.
+    pub matched: Vec<(NodeId, u64)>,
 }
 
 pub struct RaftGroup {
@@ -400,16 +442,66 @@ impl RaftGroup {
             .map_err(write_error)
     }
 
+    /// Removes the learner `node` from the group (one membership entry).
+    /// openraft refuses to remove a voter this way. Removing a node that is not
+    /// a member still writes an (unchanged) membership entry, so callers check
+    /// [`membership`](Self::membership) first.
+    pub async fn remove_learner(&self, node: NodeId) -> Result<(), GroupError> {
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(BTreeSet::from([node.0])), false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
     /// Makes `voters` the voter set (joint consensus, then the new config);
     /// every new voter must already be a learner. Voters left out are removed
     /// from the group entirely.
+    ///
+    /// openraft (0.10) computes the next configuration from the effective one
+    /// with `bridge_to`: from a uniform `C1` it writes the joint `C1,C2` and,
+    /// once that is committed, the uniform `C2` (this call waits for both).
+    /// From a joint configuration that already contains the target (`C1,C2`
+    /// asked for `C2`, as after a leader crashed between the two entries) it
+    /// writes the uniform `C2` directly; asked for a third set `C3` it goes
+    /// `C2,C3` then `C3`. So re-issuing the same call always ends in the uniform
+    /// target. From a uniform configuration equal to the target it would still
+    /// write an (unchanged) entry; callers skip that case. While the last
+    /// membership entry is uncommitted it fails (`InProgress`) and may be retried.
     pub async fn change_voters(&self, voters: &[NodeId]) -> Result<(), GroupError> {
-        let ids: std::collections::BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
+        let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
         self.raft
             .change_membership(openraft::ChangeMembers::ReplaceAllVoters(ids), false)
             .await
             .map(|_| ())
             .map_err(write_error)
+    }
+
+    /// The effective membership of this replica.
+    pub fn membership(&self) -> MembershipSummary {
+        let m = self.raft.metrics().borrow_watched().clone();
+        MembershipSummary::of(m.membership_config.membership())
+    }
+
+    /// The leader's view of the group (`None` unless this replica leads).
+    pub fn leader_view(&self) -> Option<LeaderView> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.node_id) {
+            return None;
+        }
+        let replication = m.replication.as_ref()?;
+        let membership = m.membership_config.membership();
+        let matched = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != self.node_id)
+            .map(|id| (NodeId(id), replication.get(&id).and_then(|l| l.as_ref()).map(|l| l.index).unwrap_or(0)))
+            .collect();
+        Some(LeaderView {
+            last_log_index: m.last_log_index.unwrap_or(0),
+            membership: MembershipSummary::of(membership),
+            matched,
+        })
     }
 
     /// How far each peer's log matches the leader's (leader only; else empty).

@@ -16,4 +16,4 @@ pub mod snapshot_recv;
 pub mod state_machine;
 pub mod types;
 
-pub use group::{GroupError, GroupStatus, RaftGroup, RaftSettings, ReadPolicyKind};
+pub use group::{GroupError, GroupStatus, LeaderView, MembershipSummary, RaftGroup, RaftSettings, ReadPolicyKind};

@@ -116,6 +116,7 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
                 descriptor: snapshot.snapshot.record.descriptor.clone(),
                 stats: snapshot.snapshot.record.stats,
             }),
+            total_bytes: snapshot.snapshot.record.stats.size_bytes,
         };
         let reader = snapshot.snapshot.reader();
         let started = std::time::Instant::now();
@@ -131,8 +132,15 @@ impl GroupRouter<TypeConfig, ShardId> for ShardRouter {
                     StreamingError::Unreachable(Unreachable::new(&AnyError::error(format!("bad reply: {e}"))))
                 })
             }
-            Err(TransportError::Closed) => Err(StreamingError::Closed(ReplicationClosed::new("cancelled"))),
-            Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&AnyError::error(e.to_string())))),
+            Err(TransportError::Closed) => {
+                crate::metrics::snapshot_send_failed("cancelled");
+                Err(StreamingError::Closed(ReplicationClosed::new("cancelled")))
+            }
+            Err(e) => {
+                crate::metrics::snapshot_send_failed("error");
+                tracing::info!(shard = %group_id, peer = target, error = %e, "snapshot not sent");
+                Err(StreamingError::Unreachable(Unreachable::new(&AnyError::error(e.to_string()))))
+            }
         }
     }
 

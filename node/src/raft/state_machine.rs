@@ -117,6 +117,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last: Option<LogId> = None;
         let mut membership: Option<Vec<u8>> = None;
         let mut membership_changed = false;
+        let mut joint = false;
         loop {
             let next = entries.next().await;
             let done = next.is_none();
@@ -127,6 +128,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => ApplyItem::Noop { index },
                     EntryPayload::Normal(cmd) => ApplyItem::Command { index, cmd },
                     EntryPayload::Membership(m) => {
+                        joint |= m.get_joint_config().len() > 1;
                         let replicas = replicas_of(&m);
                         membership = Some(encode(&StoredMembership::new(Some(entry.log_id), m)));
                         membership_changed = true;
@@ -143,6 +145,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     last_applied_log_id: encode(&last_id),
                     membership: membership.take(),
                 };
+                if std::mem::take(&mut joint) {
+                    crate::test_hooks::before_joint_apply(self.storage.path(), self.shard).await;
+                }
                 let shard = self.shard.0;
                 let responses = self.storage.call(|done| WriteOp::Apply { shard, batch, done }).await?;
                 for (responder, response) in std::mem::take(&mut responders).into_iter().zip(responses) {

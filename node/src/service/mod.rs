@@ -3,6 +3,7 @@
 //! errors with `ApiError::to_status`.
 
 pub mod admin;
+mod killable;
 pub mod kv;
 pub mod metrics;
 pub mod pd;
@@ -16,18 +17,21 @@ use cairn_proto::pb::pd_server::PdServer;
 use cairn_proto::pb::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
 use crate::node::NodeShared;
 
-/// Serves KV, Raft, Admin and Pd on `listener` until `cancel`.
+/// Serves KV, Raft, Admin and Pd on `listener` until `cancel` (graceful: open
+/// requests finish); `kill` cuts every open connection at once.
 pub fn serve(
     node: Arc<NodeShared>,
     listener: TcpListener,
     config: &NodeConfig,
     cancel: CancellationToken,
+    kill: CancellationToken,
 ) -> JoinHandle<()> {
     // Client messages may exceed the request limit by framing overhead; anything
     // larger than twice the limit is refused by tonic before it is decoded.
@@ -45,7 +49,9 @@ pub fn serve(
         .max_encoding_message_size(config.transport.message_bytes_max);
     // TcpIncoming sets TCP_NODELAY on accepted sockets (the builder's own
     // tcp_nodelay applies only to listeners tonic binds itself).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |conn| conn.map(|stream| killable::Killable::new(stream, kill.clone())));
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

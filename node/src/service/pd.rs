@@ -14,7 +14,9 @@ use std::time::Duration;
 use cairn_client::pd_client::FORWARDED_HEADER;
 use cairn_client::{ClientConfig, PdClient};
 use cairn_proto::pb::pd_server::Pd;
-use cairn_proto::{ApiError, Heartbeat, KeyRange, RegisterNode, ShardMapEvent, pb};
+use cairn_proto::{
+    ApiError, Heartbeat, KeyRange, NodeStateChange, OperatorRequest, RegisterNode, SettingChange, ShardMapEvent, pb,
+};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
@@ -186,6 +188,74 @@ impl Pd for PdService {
         }
         .map_err(status)?;
         Ok(Response::new((&cluster).into()))
+    }
+
+    async fn set_setting(
+        &self,
+        request: Request<pb::SetSettingRequest>,
+    ) -> Result<Response<pb::SetSettingResponse>, Status> {
+        let up = self.upstream(&request)?;
+        let change = SettingChange::try_from(request.into_inner()).map_err(status)?;
+        let settings = match up {
+            Upstream::Local(pd) => counted("set_setting", pd.set_setting(&change.name, &change.value).await),
+            Upstream::Remote(c) => c.set_setting(&change.name, &change.value).await,
+        }
+        .map_err(status)?;
+        Ok(Response::new(pb::SetSettingResponse { settings: Some((&settings).into()) }))
+    }
+
+    async fn create_operator(
+        &self,
+        request: Request<pb::CreateOperatorRequest>,
+    ) -> Result<Response<pb::CreateOperatorResponse>, Status> {
+        let up = self.upstream(&request)?;
+        let req = OperatorRequest::try_from(request.into_inner()).map_err(status)?;
+        let operator = match up {
+            Upstream::Local(pd) => counted("create_operator", pd.create_operator(req.shard, req.kind).await),
+            Upstream::Remote(c) => c.create_operator(req.shard, req.kind).await,
+        }
+        .map_err(status)?;
+        Ok(Response::new(pb::CreateOperatorResponse { operator: Some((&operator).into()) }))
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        let up = self.upstream(&request)?;
+        let operators = match up {
+            Upstream::Local(pd) => counted("list_operators", pd.list_operators().await),
+            Upstream::Remote(c) => c.list_operators().await,
+        }
+        .map_err(status)?;
+        Ok(Response::new(pb::ListOperatorsResponse { operators: operators.iter().map(Into::into).collect() }))
+    }
+
+    async fn set_node_state(
+        &self,
+        request: Request<pb::SetNodeStateRequest>,
+    ) -> Result<Response<pb::SetNodeStateResponse>, Status> {
+        let up = self.upstream(&request)?;
+        let change = NodeStateChange::try_from(request.into_inner()).map_err(status)?;
+        let node = match up {
+            Upstream::Local(pd) => counted("set_node_state", pd.set_node_state(change.node, change.state).await),
+            Upstream::Remote(c) => c.set_node_state(change.node, change.state).await,
+        }
+        .map_err(status)?;
+        Ok(Response::new(pb::SetNodeStateResponse { node: Some((&node).into()) }))
+    }
+
+    async fn rebalance_status(
+        &self,
+        request: Request<pb::RebalanceStatusRequest>,
+    ) -> Result<Response<pb::RebalanceStatusResponse>, Status> {
+        let up = self.upstream(&request)?;
+        let report = match up {
+            Upstream::Local(pd) => counted("rebalance_status", pd.rebalance_status().await),
+            Upstream::Remote(c) => c.rebalance_status().await,
+        }
+        .map_err(status)?;
+        Ok(Response::new((&report).into()))
     }
 }
 

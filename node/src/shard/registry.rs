@@ -24,6 +24,12 @@ impl Replica {
     pub fn descriptor(&self) -> ShardDescriptor {
         self.descriptor.borrow().clone()
     }
+
+    /// The configuration version this replica has applied (0 before its
+    /// group's first membership entry or snapshot).
+    pub fn conf_ver(&self) -> u64 {
+        self.descriptor.borrow().epoch.conf_ver
+    }
 }
 
 #[derive(Default)]

@@ -53,6 +53,13 @@ pub enum StorageError {
     ShardMissing(u64),
     #[error("shard {0} already exists in this node's database")]
     ShardExists(u64),
+    /// A replica of the shard was destroyed here at `tombstone`; one asked for
+    /// at `requested` (not newer) is stale.
+    #[error("shard {shard} was destroyed here at conf_ver {tombstone}; refusing a replica at conf_ver {requested}")]
+    Tombstoned { shard: u64, tombstone: u64, requested: u64 },
+    /// The replica's configuration moved past the one a destroy was asked for.
+    #[error("shard {shard}'s replica is at conf_ver {local}, newer than the {allowed} the destroy was asked for")]
+    ReplicaNewer { shard: u64, local: u64, allowed: u64 },
     #[error("the storage writer has stopped")]
     Closed,
     #[error("{0}")]
@@ -156,6 +163,7 @@ impl Storage {
             txn.open_table(SESSIONS)?;
             txn.open_table(SESSION_CLIENTS)?;
             txn.open_table(NODE_META)?;
+            txn.open_table(TOMBSTONES)?;
             let mut gc = txn.open_table(DATA_GC)?;
             let staging: Vec<u64> = gc
                 .iter()?
@@ -254,6 +262,28 @@ impl Storage {
             Some(v) => Some(unseal(v.value())?.to_vec()),
             None => None,
         })
+    }
+
+    /// The tombstone of `shard`, verified (checksum and decoding) on read.
+    pub fn tombstone(&self, shard: ShardId) -> Result<Option<Tombstone>, StorageError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(TOMBSTONES)?;
+        Ok(match table.get(shard.0)? {
+            Some(v) => Some(decode_sealed(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Every tombstone, in shard order; the first corrupt one is an error.
+    pub fn tombstones(&self) -> Result<Vec<(ShardId, Tombstone)>, StorageError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(TOMBSTONES)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((ShardId(k.value()), decode_sealed(v.value())?));
+        }
+        Ok(out)
     }
 
     pub fn shard_records(&self) -> Result<Vec<ShardRecord>, StorageError> {

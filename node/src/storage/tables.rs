@@ -11,6 +11,8 @@
 //!   `session_clients`: (data_id, client) -> last seen (ms).
 //! - `data_gc`: data_id -> [`GC_STAGING`] or [`GC_GARBAGE`].
 //! - `node_meta`: name -> sealed bytes (node identity, bootstrap record).
+//! - `tombstones`: shard -> sealed [`Tombstone`]: a replica of that shard was
+//!   destroyed here at that `conf_ver`; creating one again needs a newer one.
 //!
 //! Documents are keyed by a `data_id` rather than the shard id so that a
 //! received snapshot can be written across many small transactions into a fresh
@@ -29,6 +31,7 @@ pub const SESSIONS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::n
 pub const SESSION_CLIENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("session_clients");
 pub const DATA_GC: TableDefinition<u64, u8> = TableDefinition::new("data_gc");
 pub const NODE_META: TableDefinition<&str, &[u8]> = TableDefinition::new("node_meta");
+pub const TOMBSTONES: TableDefinition<u64, &[u8]> = TableDefinition::new("tombstones");
 
 pub const META_VOTE: &str = "vote";
 pub const META_COMMITTED: &str = "committed";
@@ -114,4 +117,16 @@ pub struct NodeRecord {
     pub created_at_ms: u64,
     /// PD members: whether the PD group (shard 0) has been created and initialised.
     pub bootstrapped: bool,
+}
+
+/// What is left of a destroyed replica: the configuration version it was
+/// destroyed at. Written in the transaction that deletes the replica's record
+/// and only ever raised, so it stays a lower bound for any replica of the shard
+/// this node may host again: a stale `CreateReplica` / `JoinReplica` (or one
+/// re-sent after the destroy) names a `conf_ver` at or below it and is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub conf_ver: u64,
+    /// Unix ms of the (latest) destroy, for operators reading the database.
+    pub destroyed_at_ms: u64,
 }

@@ -66,8 +66,20 @@ pub enum WriteOp {
         batch: ApplyBatch,
         done: Reply<Vec<CommandResponse>>,
     },
+    /// Creates a shard's record (with a fresh data id) without looking at
+    /// tombstones: the PD shard's bootstrap. Refused, without failing the rest
+    /// of the batch, with [`StorageError::ShardExists`] when the shard has a
+    /// record.
     CreateShard {
         record: ShardRecord,
+        done: Reply<()>,
+    },
+    /// [`WriteOp::CreateShard`] for a replica asked for at `requested_conf_ver`:
+    /// also refused, with [`StorageError::Tombstoned`], when the shard's
+    /// tombstone is at least that (checked in the creating transaction).
+    CreateShardUnlessTombstoned {
+        record: ShardRecord,
+        requested_conf_ver: u64,
         done: Reply<()>,
     },
     AllocStaging {
@@ -87,9 +99,17 @@ pub enum WriteOp {
         data_id: u64,
     },
     /// Deletes a replica: its record, Raft log and metadata now; its documents
-    /// and sessions in the background.
+    /// and sessions in the background. In the same transaction it raises the
+    /// shard's tombstone to the largest of its old value, `tombstone_conf_ver`
+    /// and the record's own `conf_ver`. Refused, without failing the rest of
+    /// the batch, with [`StorageError::ShardMissing`] when there is no record,
+    /// and with [`StorageError::ReplicaNewer`] when `max_conf_ver` is given and
+    /// the record's `conf_ver` exceeds it.
     DestroyShard {
         shard: u64,
+        tombstone_conf_ver: u64,
+        max_conf_ver: Option<u64>,
+        destroyed_at_ms: u64,
         done: Reply<()>,
     },
     PutNodeMeta {
@@ -124,6 +144,7 @@ impl WriteOp {
             | WriteOp::PurgeLog { done, .. }
             | WriteOp::SaveVote { done, .. }
             | WriteOp::CreateShard { done, .. }
+            | WriteOp::CreateShardUnlessTombstoned { done, .. }
             | WriteOp::StageRecords { done, .. }
             | WriteOp::InstallSnapshot { done, .. }
             | WriteOp::PutNodeMeta { done, .. }
@@ -181,6 +202,9 @@ pub struct WriterCounters {
 enum Done {
     Flush(FlushCallback),
     Unit(Reply<()>),
+    /// An op that was checked and declined without writing anything: its
+    /// caller gets the error, the transaction commits the rest of the batch.
+    Refused(Reply<()>, StorageError),
     Responses(Reply<Vec<CommandResponse>>, Vec<CommandResponse>),
     DataId(Reply<u64>, u64),
     Nothing,
@@ -192,6 +216,9 @@ impl Done {
             Done::Flush(cb) => cb(Ok(())),
             Done::Unit(tx) => {
                 let _ = tx.send(Ok(()));
+            }
+            Done::Refused(tx, e) => {
+                let _ = tx.send(Err(e));
             }
             Done::Responses(tx, r) => {
                 let _ = tx.send(Ok(r));
@@ -207,7 +234,7 @@ impl Done {
         let err = || StorageError::Failed(err.to_string());
         match self {
             Done::Flush(cb) => cb(Err(err())),
-            Done::Unit(tx) => {
+            Done::Unit(tx) | Done::Refused(tx, _) => {
                 let _ = tx.send(Err(err()));
             }
             Done::Responses(tx, _) => {
@@ -459,6 +486,34 @@ fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, O
                 Err((e, None))
             }
         },
+        WriteOp::CreateShard { record, done } => match create_shard(txn, &record, None) {
+            Ok(None) => Ok(Done::Unit(done)),
+            Ok(Some(refusal)) => Ok(Done::Refused(done, refusal)),
+            Err(e) => {
+                let _ = done.send(Err(StorageError::Failed(e.to_string())));
+                Err((e, None))
+            }
+        },
+        WriteOp::CreateShardUnlessTombstoned { record, requested_conf_ver, done } => {
+            match create_shard(txn, &record, Some(requested_conf_ver)) {
+                Ok(None) => Ok(Done::Unit(done)),
+                Ok(Some(refusal)) => Ok(Done::Refused(done, refusal)),
+                Err(e) => {
+                    let _ = done.send(Err(StorageError::Failed(e.to_string())));
+                    Err((e, None))
+                }
+            }
+        }
+        WriteOp::DestroyShard { shard, tombstone_conf_ver, max_conf_ver, destroyed_at_ms, done } => {
+            match destroy_shard(txn, shard, tombstone_conf_ver, max_conf_ver, destroyed_at_ms) {
+                Ok(None) => Ok(Done::Unit(done)),
+                Ok(Some(refusal)) => Ok(Done::Refused(done, refusal)),
+                Err(e) => {
+                    let _ = done.send(Err(StorageError::Failed(e.to_string())));
+                    Err((e, None))
+                }
+            }
+        }
         other => {
             let r = execute_unit(txn, &other);
             match r {
@@ -509,15 +564,6 @@ fn execute_unit(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StorageError
                 }
             }
         }
-        WriteOp::CreateShard { record, .. } => {
-            let mut shards = txn.open_table(SHARDS)?;
-            if shards.get(record.shard().0)?.is_some() {
-                return Err(StorageError::ShardExists(record.shard().0));
-            }
-            let mut record = record.clone();
-            record.data_id = alloc_data_id(txn)?;
-            shards.insert(record.shard().0, encode_sealed(&record).as_slice())?;
-        }
         WriteOp::StageRecords { data_id, records, .. } => {
             let mut docs = txn.open_table(DOCS)?;
             let mut sessions = txn.open_table(SESSIONS)?;
@@ -553,35 +599,93 @@ fn execute_unit(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StorageError
         WriteOp::DiscardStaging { data_id } => {
             txn.open_table(DATA_GC)?.insert(*data_id, GC_GARBAGE)?;
         }
-        WriteOp::DestroyShard { shard, .. } => {
-            let mut shards = txn.open_table(SHARDS)?;
-            let record = match shards.remove(*shard)? {
-                Some(v) => super::codec::decode_sealed::<ShardRecord>(v.value())?,
-                None => return Err(StorageError::ShardMissing(*shard)),
-            };
-            txn.open_table(DATA_GC)?.insert(record.data_id, GC_GARBAGE)?;
-            let mut log = txn.open_table(RAFT_LOG)?;
-            let keys: Vec<u64> = log
-                .range((*shard, 0)..=(*shard, u64::MAX))?
-                .map(|r| r.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()?;
-            for i in keys {
-                log.remove((*shard, i))?;
-            }
-            let mut meta = txn.open_table(RAFT_META)?;
-            for name in [META_VOTE, META_COMMITTED, META_PURGED] {
-                meta.remove((*shard, name))?;
-            }
-        }
         WriteOp::PutNodeMeta { key, value, .. } => {
             txn.open_table(NODE_META)?.insert(*key, encode_sealed_bytes(value).as_slice())?;
         }
         WriteOp::Barrier { .. } => {}
-        WriteOp::AppendLog { .. } | WriteOp::Apply { .. } | WriteOp::AllocStaging { .. } => {
+        WriteOp::AppendLog { .. }
+        | WriteOp::Apply { .. }
+        | WriteOp::AllocStaging { .. }
+        | WriteOp::CreateShard { .. }
+        | WriteOp::CreateShardUnlessTombstoned { .. }
+        | WriteOp::DestroyShard { .. } => {
             unreachable!("handled by execute")
         }
     }
     Ok(())
+}
+
+/// Reads a shard's tombstone inside a write transaction, verified.
+fn read_tombstone(txn: &WriteTransaction, shard: u64) -> Result<Option<Tombstone>, StorageError> {
+    let table = txn.open_table(TOMBSTONES)?;
+    let value = table.get(shard)?;
+    Ok(match value {
+        Some(v) => Some(super::codec::decode_sealed::<Tombstone>(v.value())?),
+        None => None,
+    })
+}
+
+/// Creates a shard's record; returns the refusal instead when the checks of
+/// [`WriteOp::CreateShard`] / [`WriteOp::CreateShardUnlessTombstoned`] decline
+/// it (nothing is written then).
+fn create_shard(
+    txn: &WriteTransaction,
+    record: &ShardRecord,
+    requested_conf_ver: Option<u64>,
+) -> Result<Option<StorageError>, StorageError> {
+    let shard = record.shard().0;
+    if txn.open_table(SHARDS)?.get(shard)?.is_some() {
+        return Ok(Some(StorageError::ShardExists(shard)));
+    }
+    if let Some(requested) = requested_conf_ver
+        && let Some(t) = read_tombstone(txn, shard)?
+        && t.conf_ver >= requested
+    {
+        return Ok(Some(StorageError::Tombstoned { shard, tombstone: t.conf_ver, requested }));
+    }
+    let mut record = record.clone();
+    record.data_id = alloc_data_id(txn)?;
+    txn.open_table(SHARDS)?.insert(shard, encode_sealed(&record).as_slice())?;
+    Ok(None)
+}
+
+/// Deletes a shard's record, log and metadata, marks its data as garbage and
+/// raises its tombstone, all in `txn`; returns the refusal instead when the
+/// checks of [`WriteOp::DestroyShard`] decline it (nothing is written then).
+fn destroy_shard(
+    txn: &WriteTransaction,
+    shard: u64,
+    tombstone_conf_ver: u64,
+    max_conf_ver: Option<u64>,
+    destroyed_at_ms: u64,
+) -> Result<Option<StorageError>, StorageError> {
+    let mut shards = txn.open_table(SHARDS)?;
+    let record = match shards.get(shard)? {
+        Some(v) => super::codec::decode_sealed::<ShardRecord>(v.value())?,
+        None => return Ok(Some(StorageError::ShardMissing(shard))),
+    };
+    let local = record.descriptor.epoch.conf_ver;
+    if let Some(allowed) = max_conf_ver
+        && local > allowed
+    {
+        return Ok(Some(StorageError::ReplicaNewer { shard, local, allowed }));
+    }
+    let old = read_tombstone(txn, shard)?.map(|t| t.conf_ver).unwrap_or(0);
+    shards.remove(shard)?;
+    let tombstone = Tombstone { conf_ver: old.max(tombstone_conf_ver).max(local), destroyed_at_ms };
+    txn.open_table(TOMBSTONES)?.insert(shard, encode_sealed(&tombstone).as_slice())?;
+    txn.open_table(DATA_GC)?.insert(record.data_id, GC_GARBAGE)?;
+    let mut log = txn.open_table(RAFT_LOG)?;
+    let keys: Vec<u64> =
+        log.range((shard, 0)..=(shard, u64::MAX))?.map(|r| r.map(|(k, _)| k.value().1)).collect::<Result<_, _>>()?;
+    for i in keys {
+        log.remove((shard, i))?;
+    }
+    let mut meta = txn.open_table(RAFT_META)?;
+    for name in [META_VOTE, META_COMMITTED, META_PURGED] {
+        meta.remove((shard, name))?;
+    }
+    Ok(None)
 }
 
 /// Allocates a fresh data id; the counter is persisted in the same transaction.
@@ -597,4 +701,136 @@ pub(super) fn alloc_data_id(txn: &WriteTransaction) -> Result<u64, StorageError>
 
 fn encode_sealed_bytes(bytes: &[u8]) -> Vec<u8> {
     super::codec::seal(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::{Epoch, KeyRange, ShardDescriptor, ShardId};
+
+    use super::*;
+    use crate::storage::{Storage, StorageConfig};
+
+    fn record(shard: u64, conf_ver: u64) -> ShardRecord {
+        ShardRecord {
+            descriptor: ShardDescriptor {
+                id: ShardId(shard),
+                range: KeyRange::full(),
+                epoch: Epoch { conf_ver, version: 1 },
+                replicas: vec![],
+            },
+            data_id: 0,
+            applied_index: 0,
+            applied_log_id: None,
+            membership: None,
+            stats: Default::default(),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Arc<Storage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db"), StorageConfig::default()).unwrap();
+        (dir, storage)
+    }
+
+    async fn create(storage: &Storage, shard: u64, conf_ver: u64, requested: Option<u64>) -> Result<(), StorageError> {
+        let record = record(shard, conf_ver);
+        match requested {
+            Some(requested_conf_ver) => {
+                storage.call(|done| WriteOp::CreateShardUnlessTombstoned { record, requested_conf_ver, done }).await
+            }
+            None => storage.call(|done| WriteOp::CreateShard { record, done }).await,
+        }
+    }
+
+    async fn destroy(storage: &Storage, shard: u64, conf_ver: u64, max: Option<u64>) -> Result<(), StorageError> {
+        storage
+            .call(|done| WriteOp::DestroyShard {
+                shard,
+                tombstone_conf_ver: conf_ver,
+                max_conf_ver: max,
+                destroyed_at_ms: 42,
+                done,
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn destroy_leaves_a_tombstone_with_the_record_gone() {
+        let (_dir, storage) = open();
+        create(&storage, 7, 3, Some(3)).await.unwrap();
+        storage
+            .call(|done| WriteOp::AppendLog {
+                shard: 7,
+                entries: vec![(1, vec![1]), (2, vec![2])],
+                done: Box::new(move |r| {
+                    let _ = done.send(r);
+                }),
+            })
+            .await
+            .unwrap();
+        let data_id = storage.shard_record(ShardId(7)).unwrap().unwrap().data_id;
+        destroy(&storage, 7, 5, Some(5)).await.unwrap();
+        assert!(storage.shard_record(ShardId(7)).unwrap().is_none());
+        assert!(storage.last_log(ShardId(7)).unwrap().is_none());
+        assert_eq!(storage.tombstone(ShardId(7)).unwrap(), Some(Tombstone { conf_ver: 5, destroyed_at_ms: 42 }));
+        assert_eq!(storage.tombstones().unwrap(), vec![(ShardId(7), Tombstone { conf_ver: 5, destroyed_at_ms: 42 })]);
+        // The documents' data id is garbage (or already collected), never live.
+        let txn = storage.begin_read().unwrap();
+        let gc = txn.open_table(DATA_GC).unwrap();
+        assert!(gc.get(data_id).unwrap().is_none_or(|v| v.value() == GC_GARBAGE));
+    }
+
+    #[tokio::test]
+    async fn tombstones_refuse_stale_creations_and_only_grow() {
+        let (_dir, storage) = open();
+        create(&storage, 7, 4, None).await.unwrap();
+        // Destroyed with a lower conf_ver than the record's own: the record's wins.
+        destroy(&storage, 7, 2, None).await.unwrap();
+        assert_eq!(storage.tombstone(ShardId(7)).unwrap().map(|t| t.conf_ver), Some(4));
+        for requested in [0, 3, 4] {
+            let e = create(&storage, 7, 0, Some(requested)).await.unwrap_err();
+            assert!(
+                matches!(e, StorageError::Tombstoned { shard: 7, tombstone: 4, requested: r } if r == requested),
+                "{e}"
+            );
+        }
+        assert!(storage.shard_record(ShardId(7)).unwrap().is_none());
+        // A newer configuration may come back; destroying it again keeps the maximum.
+        create(&storage, 7, 0, Some(5)).await.unwrap();
+        destroy(&storage, 7, 1, None).await.unwrap();
+        assert_eq!(storage.tombstone(ShardId(7)).unwrap().map(|t| t.conf_ver), Some(4));
+        // A plain CreateShard (the PD shard's bootstrap) does not look at tombstones.
+        create(&storage, 7, 0, None).await.unwrap();
+        assert!(matches!(create(&storage, 7, 0, None).await, Err(StorageError::ShardExists(7))));
+    }
+
+    #[tokio::test]
+    async fn a_destroy_for_an_older_configuration_is_refused() {
+        let (_dir, storage) = open();
+        create(&storage, 9, 6, None).await.unwrap();
+        let e = destroy(&storage, 9, 5, Some(5)).await.unwrap_err();
+        assert!(matches!(e, StorageError::ReplicaNewer { shard: 9, local: 6, allowed: 5 }), "{e}");
+        assert!(storage.shard_record(ShardId(9)).unwrap().is_some());
+        assert!(storage.tombstone(ShardId(9)).unwrap().is_none());
+        assert!(matches!(destroy(&storage, 10, 1, None).await, Err(StorageError::ShardMissing(10))));
+        // A refusal does not fail the batch it rode in: the writer still works.
+        destroy(&storage, 9, 6, Some(6)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_tombstone_is_an_error_not_a_panic() {
+        let (_dir, storage) = open();
+        {
+            let txn = storage.db.begin_write().unwrap();
+            txn.open_table(TOMBSTONES).unwrap().insert(3, &[1u8, 2, 3, 4, 5][..]).unwrap();
+            txn.commit().unwrap();
+        }
+        assert!(matches!(storage.tombstone(ShardId(3)), Err(StorageError::Codec(_))));
+        assert!(storage.tombstones().is_err());
+        // The creation that has to read it fails, and says why.
+        let e = create(&storage, 3, 0, Some(9)).await.unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+        // Other shards are unaffected.
+        create(&storage, 4, 0, Some(1)).await.unwrap();
+    }
 }

@@ -9,8 +9,13 @@
 //! one HTTP/2 connection. Snapshots stream separately ([`snapshot`]) on the same
 //! connection, in bounded chunks.
 //!
+//! Outgoing snapshots share one bandwidth limit per node ([`bandwidth`]), set
+//! from the PD's cluster settings, and their progress is kept per (shard,
+//! target) for the leader's reports ([`snapshot::SnapshotProgress`]).
+//!
 //! This module moves opaque payloads; `crate::raft::network` encodes them.
 
+pub mod bandwidth;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -25,7 +30,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-pub use self::snapshot::SnapshotOffer;
+use self::bandwidth::TokenBucket;
+pub use self::snapshot::{SnapshotOffer, SnapshotProgress, TransferProgress};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -128,11 +134,49 @@ pub struct Transport {
     config: TransportConfig,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     cancel: CancellationToken,
+    /// Shared by every outgoing snapshot stream of the node.
+    snapshot_bandwidth: Arc<TokenBucket>,
+    snapshot_progress: Arc<SnapshotProgress>,
 }
 
 impl Transport {
+    /// The snapshot bandwidth starts at the cluster settings' default and
+    /// follows the PD's settings once a heartbeat answer carries them.
     pub fn new(node_id: u64, config: TransportConfig, cancel: CancellationToken) -> Arc<Self> {
-        Arc::new(Self { node_id, config, peers: Mutex::new(HashMap::new()), cancel })
+        let rate = cairn_proto::ClusterSettings::default().snapshot_bytes_per_sec;
+        crate::metrics::snapshot_rate_limit(rate);
+        Arc::new(Self {
+            node_id,
+            config,
+            peers: Mutex::new(HashMap::new()),
+            cancel,
+            snapshot_bandwidth: Arc::new(TokenBucket::new(rate)),
+            snapshot_progress: Arc::new(SnapshotProgress::default()),
+        })
+    }
+
+    /// Sets the outgoing snapshot bandwidth of this node (all transfers
+    /// together; 0 = unlimited). Transfers in flight follow at once.
+    pub fn set_snapshot_bytes_per_sec(&self, rate: u64) {
+        if self.snapshot_bandwidth.set_rate(rate) {
+            crate::metrics::snapshot_rate_limit(rate);
+            tracing::info!(bytes_per_sec = rate, "snapshot bandwidth limit changed");
+        }
+    }
+
+    pub fn snapshot_bytes_per_sec(&self) -> u64 {
+        self.snapshot_bandwidth.rate_bytes_per_sec()
+    }
+
+    /// How far the snapshot this node is sending to `target` for `shard` is,
+    /// if one is in flight.
+    pub fn snapshot_progress(&self, shard: u64, target: u64) -> Option<TransferProgress> {
+        self.snapshot_progress.get(shard, target)
+    }
+
+    /// Outgoing snapshot transfers in flight.
+    pub fn snapshots_in_flight(&self) -> usize {
+        self.snapshot_progress.len()
     }
 
     pub fn config(&self) -> &TransportConfig {

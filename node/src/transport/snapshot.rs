@@ -3,11 +3,18 @@
 //! A blocking task reads the snapshot view chunk by chunk
 //! (`SnapshotReader::next_chunk`) into a channel of capacity
 //! [`CHUNKS_IN_FLIGHT`], so at most a few chunks are in memory however large
-//! the shard is.
+//! the shard is. Each data chunk then waits for its bytes in the node's
+//! snapshot [`TokenBucket`](super::bandwidth::TokenBucket) before the stream
+//! hands it to gRPC, and its bytes are counted in [`SnapshotProgress`] (what a
+//! leader reports to the PD) until the transfer ends, however it ends.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cairn_proto::pb;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -24,6 +31,94 @@ pub struct SnapshotOffer {
     pub vote: Vec<u8>,
     pub meta: Vec<u8>,
     pub shard_state: Vec<u8>,
+    /// What the transfer will roughly send, for progress reports: the shard's
+    /// key and value bytes as its record counts them. An estimate: the stream
+    /// also carries document metadata, sessions and encoding overhead, so the
+    /// bytes sent may pass it (reports then show sent = total).
+    pub total_bytes: u64,
+}
+
+/// How far one outgoing snapshot transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TransferProgress {
+    /// Chunk bytes handed to the network so far.
+    pub sent_bytes: u64,
+    /// The estimated size of the whole transfer, never below `sent_bytes`.
+    pub total_bytes: u64,
+}
+
+struct Transfer {
+    sent_bytes: AtomicU64,
+    total_bytes: u64,
+}
+
+/// The snapshots this node is sending, per (shard, target node). An entry
+/// lives exactly as long as its transfer: [`SnapshotProgress::start`] returns a
+/// guard that removes it when dropped (sent, failed or cancelled).
+#[derive(Default)]
+pub struct SnapshotProgress {
+    // A plain mutex: held for a map operation, never across an await.
+    transfers: Mutex<HashMap<(u64, u64), Arc<Transfer>>>,
+}
+
+impl SnapshotProgress {
+    /// Registers a transfer of `shard` to `target`; a previous one to the same
+    /// target (openraft cancels it before starting another) is replaced.
+    pub fn start(self: &Arc<Self>, shard: u64, target: u64, total_bytes: u64) -> TransferGuard {
+        let transfer = Arc::new(Transfer { sent_bytes: AtomicU64::new(0), total_bytes });
+        self.transfers.lock().expect("snapshot progress lock").insert((shard, target), transfer.clone());
+        TransferGuard { registry: self.clone(), key: (shard, target), transfer }
+    }
+
+    pub fn get(&self, shard: u64, target: u64) -> Option<TransferProgress> {
+        let transfers = self.transfers.lock().expect("snapshot progress lock");
+        let t = transfers.get(&(shard, target))?;
+        let sent_bytes = t.sent_bytes.load(Ordering::Relaxed);
+        Some(TransferProgress { sent_bytes, total_bytes: t.total_bytes.max(sent_bytes) })
+    }
+
+    /// Transfers in flight.
+    pub fn len(&self) -> usize {
+        self.transfers.lock().expect("snapshot progress lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps a transfer's entry in [`SnapshotProgress`] and counts its bytes.
+pub struct TransferGuard {
+    registry: Arc<SnapshotProgress>,
+    key: (u64, u64),
+    transfer: Arc<Transfer>,
+}
+
+impl TransferGuard {
+    /// A handle that counts bytes into this transfer without keeping its entry.
+    pub fn counter(&self) -> SentCounter {
+        SentCounter(self.transfer.clone())
+    }
+}
+
+/// Counts a transfer's bytes sent (see [`TransferGuard::counter`]).
+#[derive(Clone)]
+pub struct SentCounter(Arc<Transfer>);
+
+impl SentCounter {
+    pub fn add(&self, bytes: u64) {
+        self.0.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        let mut transfers = self.registry.transfers.lock().expect("snapshot progress lock");
+        // Only this transfer's own entry: a newer one to the same target stays.
+        if transfers.get(&self.key).is_some_and(|t| Arc::ptr_eq(t, &self.transfer)) {
+            transfers.remove(&self.key);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +129,8 @@ pub struct SnapshotSent {
 
 impl Transport {
     /// Streams a snapshot to `target` and returns the receiver's reply payload.
+    /// Data chunks go out at the node's snapshot bandwidth; the transfer shows
+    /// in [`Transport::snapshot_progress`] until this returns (or is dropped).
     pub async fn send_snapshot(
         &self,
         target: u64,
@@ -55,6 +152,8 @@ impl Transport {
         };
         let chunk_bytes = self.config.snapshot_chunk_bytes;
         let shard = offer.shard;
+        // Dropped when this function returns or is dropped: the entry goes then.
+        let progress = self.snapshot_progress.start(shard, target, offer.total_bytes);
         let producer = tokio::task::spawn_blocking(move || -> Result<SnapshotSent, String> {
             let mut sent = SnapshotSent::default();
             if tx.blocking_send(header).is_err() {
@@ -84,7 +183,23 @@ impl Transport {
             tx.blocking_send(trailer).map_err(|_| "receiver closed".to_string())?;
             Ok(sent)
         });
-        let call = client.install_snapshot(ReceiverStream::new(rx));
+        let bandwidth = self.snapshot_bandwidth.clone();
+        let counted = progress.counter();
+        let chunks = ReceiverStream::new(rx).then(move |chunk| {
+            let (bandwidth, counted) = (bandwidth.clone(), counted.clone());
+            async move {
+                if let Some(pb::snapshot_chunk::Part::Data(data)) = &chunk.part {
+                    let bytes = data.records.len() as u64;
+                    let waited = bandwidth.acquire(bytes).await;
+                    if !waited.is_zero() {
+                        crate::metrics::snapshot_bandwidth_wait(waited);
+                    }
+                    counted.add(bytes);
+                }
+                chunk
+            }
+        });
+        let call = client.install_snapshot(chunks);
         let reply = tokio::select! {
             r = call => r,
             _ = cancel => {
@@ -104,5 +219,41 @@ impl Transport {
                 Err(TransportError::Remote(target, api))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lives_as_long_as_its_transfer() {
+        let registry = Arc::new(SnapshotProgress::default());
+        assert_eq!(registry.get(1, 2), None);
+        let guard = registry.start(1, 2, 1000);
+        let counter = guard.counter();
+        counter.add(300);
+        assert_eq!(registry.get(1, 2), Some(TransferProgress { sent_bytes: 300, total_bytes: 1000 }));
+        assert_eq!(registry.get(1, 3), None);
+        // The total is an estimate; the report never shows more sent than total.
+        counter.add(900);
+        assert_eq!(registry.get(1, 2), Some(TransferProgress { sent_bytes: 1200, total_bytes: 1200 }));
+        drop(guard);
+        assert_eq!(registry.get(1, 2), None);
+        // A counter outliving its transfer (a stream not yet dropped) changes nothing.
+        counter.add(1);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_newer_transfer_to_the_same_target_survives_the_old_ones_end() {
+        let registry = Arc::new(SnapshotProgress::default());
+        let old = registry.start(1, 2, 10);
+        let new = registry.start(1, 2, 20);
+        drop(old);
+        assert_eq!(registry.get(1, 2), Some(TransferProgress { sent_bytes: 0, total_bytes: 20 }));
+        assert_eq!(registry.len(), 1);
+        drop(new);
+        assert!(registry.is_empty());
     }
 }

@@ -1,0 +1,49 @@
+//! Points where a test can hold a node still, to crash it in a precise state
+//! (the crash-point tests of RFC 003). Nothing registers a hook outside tests;
+//! without one a point costs a mutex lock, and points sit only on rare paths
+//! (membership changes).
+//!
+//! Hooks are keyed by the node's database path, so clusters of concurrent
+//! tests in one process do not see each other's hooks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cairn_proto::ShardId;
+use tokio::sync::oneshot;
+
+struct JointPause {
+    db: PathBuf,
+    shard: ShardId,
+    pause: Duration,
+    reached: oneshot::Sender<()>,
+}
+
+static JOINT_PAUSES: Mutex<Vec<JointPause>> = Mutex::new(Vec::new());
+
+/// Once: the next time the node whose database is at `db` applies a joint
+/// membership entry of `shard`, the apply waits `pause` first (so the change
+/// cannot leave the joint configuration from this node meanwhile). The
+/// receiver fires when the pause begins.
+pub fn pause_before_joint_apply(db: &Path, shard: ShardId, pause: Duration) -> oneshot::Receiver<()> {
+    let (reached, rx) = oneshot::channel();
+    let mut pauses = JOINT_PAUSES.lock().expect("test hook lock");
+    pauses.push(JointPause { db: db.to_path_buf(), shard, pause, reached });
+    rx
+}
+
+/// Called by the state machine before it applies a joint membership entry.
+pub(crate) async fn before_joint_apply(db: &Path, shard: ShardId) {
+    let hit = {
+        let mut pauses = JOINT_PAUSES.lock().expect("test hook lock");
+        let at = pauses.iter().position(|p| p.db == db && p.shard == shard);
+        at.map(|i| pauses.swap_remove(i))
+    };
+    if let Some(p) = hit {
+        tracing::warn!(%shard, pause_ms = p.pause.as_millis() as u64, "test hook: pausing before a joint membership apply");
+        // The test may have stopped listening; the pause happens regardless.
+        let _ = p.reached.send(());
+        tokio::time::sleep(p.pause).await;
+    }
+}

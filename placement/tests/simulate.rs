@@ -1,0 +1,628 @@
+//! The scheduler and the operators against a simulated cluster: Raft groups
+//! reduced to their configuration (voters, learners, joint, conf_ver, leader),
+//! nodes that heartbeat, execute the PD's commands (some lost, seeded), crash
+//! and come back. Every run checks at every tick that no shard has fewer
+//! voters than it must and no leader sits outside its configuration, and at
+//! the end that the cluster converged: replication factor everywhere, replica
+//! counts within one, no joint configuration, no stray replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_placement::model::{AdminState, ClusterRecord, NodeRecord, PdState, ShardRecord, Writes};
+use cairn_placement::{Observed, admin, decide, operator, schedule};
+use cairn_proto::{
+    AdminRequest, ClusterSettings, Epoch, Heartbeat, KeyRange, NodeCommand, NodeId, NodeStats, OperatorKind,
+    PeerProgress, RaftRole, ReplicaDescriptor, ReplicaReport, ReplicaRole, ShardDescriptor, ShardId,
+};
+
+const TICK_MS: u64 = 100;
+
+/// A deterministic generator (no dependency needed for a test).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Group {
+    voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
+    /// The new voters while joint (`voters` is then the old set).
+    joint: Option<BTreeSet<NodeId>>,
+    conf_ver: u64,
+    leader: Option<NodeId>,
+    term: u64,
+    last_log: u64,
+    size: u64,
+}
+
+impl Group {
+    fn all_voters(&self) -> BTreeSet<NodeId> {
+        let mut v = self.voters.clone();
+        if let Some(new) = &self.joint {
+            v.extend(new.iter().copied());
+        }
+        v
+    }
+
+    fn members(&self) -> BTreeSet<NodeId> {
+        let mut m = self.all_voters();
+        m.extend(self.learners.iter().copied());
+        m
+    }
+
+    fn replicas(&self) -> Vec<ReplicaDescriptor> {
+        let mut out: Vec<ReplicaDescriptor> = self
+            .all_voters()
+            .into_iter()
+            .map(|n| ReplicaDescriptor { node: n, addr: addr(n), role: ReplicaRole::Voter })
+            .collect();
+        out.extend(self.learners.iter().map(|n| ReplicaDescriptor {
+            node: *n,
+            addr: addr(*n),
+            role: ReplicaRole::Learner,
+        }));
+        out
+    }
+}
+
+fn addr(n: NodeId) -> String {
+    format!("n{}:1", n.0)
+}
+
+struct Sim {
+    now: u64,
+    rng: Rng,
+    state: PdState,
+    version: u64,
+    observed: Observed,
+    alive: BTreeMap<NodeId, bool>,
+    groups: BTreeMap<ShardId, Group>,
+    /// Replicas each node hosts, with the index they have caught up to.
+    hosted: BTreeMap<NodeId, BTreeMap<ShardId, u64>>,
+    /// Percent of commands lost on the way.
+    loss: u64,
+    /// Percent of voter changes where the leader crashes between the joint
+    /// and the final entry.
+    crash_in_joint: u64,
+    rf_floor: usize,
+    operators_done: usize,
+    commands_seen: BTreeSet<&'static str>,
+}
+
+impl Sim {
+    fn new(nodes: u64, shards: u64, settings: ClusterSettings, seed: u64) -> Self {
+        let rf = settings.replication_factor as usize;
+        let mut state = PdState::default();
+        let cluster = ClusterRecord {
+            cluster_id: 7,
+            created_at_ms: 0,
+            pd_members: vec![],
+            next_node_id: nodes + 1,
+            next_shard_id: shards + 1,
+            next_event_seq: 1,
+            initial_shards: shards as u32,
+            initial_shards_created: true,
+            settings,
+            next_operator_id: 1,
+        };
+        let mut w = Writes { cluster: Some(cluster), ..Default::default() };
+        let mut sim = Sim {
+            now: 1_000,
+            rng: Rng(seed | 1),
+            state: PdState::default(),
+            version: 0,
+            observed: Observed::new(1_000),
+            alive: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            hosted: BTreeMap::new(),
+            loss: 0,
+            crash_in_joint: 0,
+            rf_floor: rf,
+            operators_done: 0,
+            commands_seen: BTreeSet::new(),
+        };
+        for i in 1..=nodes {
+            let id = NodeId(i);
+            w.nodes.push(node_record(id));
+            sim.alive.insert(id, true);
+            sim.hosted.insert(id, BTreeMap::new());
+        }
+        let ranges = KeyRange::split_evenly(shards as u32);
+        for (i, range) in ranges.into_iter().enumerate() {
+            let id = ShardId(i as u64 + 1);
+            // Round-robin over the first nodes, like a cluster bootstrapped on 3.
+            let voters: BTreeSet<NodeId> = (0..rf).map(|k| NodeId(((i + k) % nodes as usize) as u64 + 1)).collect();
+            let leader = *voters.iter().next().unwrap();
+            let group = Group {
+                voters: voters.clone(),
+                learners: BTreeSet::new(),
+                joint: None,
+                conf_ver: 1,
+                leader: Some(leader),
+                term: 1,
+                last_log: 100,
+                size: 1_000 + i as u64 * 10,
+            };
+            for v in &voters {
+                sim.hosted.get_mut(v).unwrap().insert(id, 100);
+            }
+            let descriptor =
+                ShardDescriptor { id, range, epoch: Epoch { conf_ver: 1, version: 1 }, replicas: group.replicas() };
+            w.shards.push(ShardRecord { descriptor, creating: false });
+            sim.groups.insert(id, group);
+        }
+        state.apply(&w, 1);
+        sim.state = state;
+        sim.version = 1;
+        sim
+    }
+
+    fn commit(&mut self, w: Writes) {
+        if !w.is_empty() {
+            self.version += 1;
+            self.state.apply(&w, self.version);
+        }
+    }
+
+    fn add_node(&mut self) -> NodeId {
+        let id = NodeId(self.state.cluster.as_ref().unwrap().next_node_id);
+        let (got, w) = decide::register(
+            &self.state,
+            &cairn_proto::RegisterNode {
+                node: None,
+                addr: addr(id),
+                capacity_bytes: 0,
+                labels: Default::default(),
+                cluster_id: 7,
+            },
+            self.now,
+        )
+        .unwrap();
+        assert_eq!(got, id);
+        self.commit(w);
+        self.alive.insert(id, true);
+        self.hosted.insert(id, BTreeMap::new());
+        id
+    }
+
+    fn report(&self, node: NodeId) -> Heartbeat {
+        let replicas = self.hosted[&node]
+            .iter()
+            .map(|(shard, matched)| {
+                let g = &self.groups[shard];
+                let leads = g.leader == Some(node);
+                let member = g.members().contains(&node);
+                ReplicaReport {
+                    shard: *shard,
+                    epoch: Epoch {
+                        conf_ver: if member { g.conf_ver } else { g.conf_ver.saturating_sub(1) },
+                        version: 1,
+                    },
+                    role: if leads {
+                        RaftRole::Leader
+                    } else if g.learners.contains(&node) {
+                        RaftRole::Learner
+                    } else {
+                        RaftRole::Follower
+                    },
+                    leader: if member { g.leader } else { None },
+                    term: g.term,
+                    applied_index: *matched,
+                    key_count: 1,
+                    size_bytes: if leads { g.size } else { 0 },
+                    replicas: if leads { g.replicas() } else { vec![] },
+                    joint: leads && g.joint.is_some(),
+                    last_log_index: if leads { g.last_log } else { 0 },
+                    progress: if leads {
+                        g.members()
+                            .into_iter()
+                            .filter(|n| *n != node)
+                            .map(|n| PeerProgress {
+                                node: n,
+                                matched_index: self.hosted[&n].get(shard).copied().unwrap_or(0),
+                                snapshot_sent_bytes: 0,
+                                snapshot_total_bytes: 0,
+                            })
+                            .collect()
+                    } else {
+                        vec![]
+                    },
+                }
+            })
+            .collect();
+        Heartbeat {
+            node,
+            cluster_id: 7,
+            addr: addr(node),
+            stats: NodeStats::default(),
+            replicas,
+            full: true,
+            removed: vec![],
+        }
+    }
+
+    fn execute(&mut self, node: NodeId, command: NodeCommand) {
+        let kind = match &command {
+            NodeCommand::CreateReplica { .. } => "create",
+            NodeCommand::JoinReplica { .. } => "join",
+            NodeCommand::AddLearner { .. } => "add-learner",
+            NodeCommand::RemoveLearner { .. } => "remove-learner",
+            NodeCommand::ChangeVoters { .. } => "change-voters",
+            NodeCommand::TransferLeader { .. } => "transfer-leader",
+            NodeCommand::DestroyReplica { .. } => "destroy",
+        };
+        self.commands_seen.insert(kind);
+        let shard = command.shard();
+        let crash = self.rng.chance(self.crash_in_joint);
+        let g = self.groups.get_mut(&shard).unwrap();
+        let leads = g.leader == Some(node);
+        match command {
+            NodeCommand::CreateReplica { .. } => panic!("no shard is being created"),
+            NodeCommand::JoinReplica { descriptor } => {
+                assert!(descriptor.replicas.iter().any(|r| r.node == node), "join only when listed");
+                if g.members().contains(&node) {
+                    self.hosted.get_mut(&node).unwrap().entry(shard).or_insert(0);
+                }
+            }
+            NodeCommand::AddLearner { conf_ver, node: learner, .. } if leads && conf_ver == g.conf_ver => {
+                assert!(g.joint.is_none());
+                if !g.members().contains(&learner) {
+                    g.learners.insert(learner);
+                    g.conf_ver += 1;
+                }
+            }
+            NodeCommand::RemoveLearner { conf_ver, node: learner, .. } if leads && conf_ver == g.conf_ver => {
+                if g.learners.remove(&learner) {
+                    g.conf_ver += 1;
+                }
+            }
+            NodeCommand::ChangeVoters { conf_ver, voters, .. } if leads && conf_ver == g.conf_ver => {
+                let target: BTreeSet<NodeId> = voters.into_iter().collect();
+                match &g.joint {
+                    None => {
+                        // openraft: new voters must be members already.
+                        assert!(
+                            target.iter().all(|n| g.voters.contains(n) || g.learners.contains(n)),
+                            "{target:?} {g:?}"
+                        );
+                        if target == g.voters {
+                            return;
+                        }
+                        g.joint = Some(target.clone());
+                        g.conf_ver += 1;
+                        if crash {
+                            // The leader dies between the two entries; a voter of
+                            // both halves takes over.
+                            g.leader = None;
+                            return;
+                        }
+                    }
+                    Some(new) => assert_eq!(new, &target, "leaving joint towards another target"),
+                }
+                let new = g.joint.take().unwrap();
+                g.learners.retain(|n| !new.contains(n));
+                g.voters = new;
+                g.conf_ver += 1;
+                if g.leader.is_some_and(|l| !g.voters.contains(&l)) {
+                    g.leader = None;
+                }
+            }
+            NodeCommand::TransferLeader { to, .. } if leads => {
+                if g.joint.is_none() && g.voters.contains(&to) && self.alive[&to] {
+                    g.leader = Some(to);
+                    g.term += 1;
+                }
+            }
+            NodeCommand::DestroyReplica { conf_ver, .. } => {
+                let member = g.members().contains(&node);
+                assert!(!member || g.conf_ver > conf_ver, "destroying a member of shard {shard}: {g:?}");
+                if !leads && !member {
+                    self.hosted.get_mut(&node).unwrap().remove(&shard);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Raft in a nutshell: leaderless groups elect a live voter when a quorum
+    /// (of both halves while joint) is alive; learners catch up.
+    fn raft(&mut self) {
+        for (shard, g) in self.groups.iter_mut() {
+            g.last_log += 1;
+            let alive = |n: &NodeId| self.alive[n];
+            if g.leader.is_some_and(|l| !self.alive[&l]) {
+                g.leader = None;
+            }
+            if g.leader.is_none() {
+                let quorum = |set: &BTreeSet<NodeId>| set.iter().filter(|n| alive(n)).count() > set.len() / 2;
+                let ok = quorum(&g.voters) && g.joint.as_ref().is_none_or(|n| quorum(n));
+                if ok {
+                    let mut candidates =
+                        g.all_voters().into_iter().filter(|n| alive(n) && self.hosted[n].contains_key(shard));
+                    g.leader = candidates.next();
+                    g.term += 1;
+                }
+            }
+            for n in g.members() {
+                if let Some(m) = self.hosted.get_mut(&n).unwrap().get_mut(shard)
+                    && self.alive[&n]
+                {
+                    *m = g.last_log;
+                }
+            }
+        }
+    }
+
+    fn check_invariants(&self) {
+        for (shard, g) in &self.groups {
+            assert!(g.voters.len() >= self.rf_floor, "shard {shard} below the replication factor: {g:?}");
+            if let Some(new) = &g.joint {
+                assert!(new.len() >= self.rf_floor, "shard {shard}: joint towards too few voters {g:?}");
+            }
+            if let Some(l) = g.leader {
+                assert!(g.all_voters().contains(&l), "shard {shard}: leader outside the configuration");
+            }
+            for v in g.all_voters() {
+                // A voter must hold the data (was a caught-up learner or an original).
+                assert!(
+                    self.hosted[&v].contains_key(shard) || !self.alive[&v],
+                    "shard {shard}: voter {v} holds nothing"
+                );
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += TICK_MS;
+        self.raft();
+        let nodes: Vec<NodeId> = self.alive.iter().filter(|(_, a)| **a).map(|(n, _)| *n).collect();
+        for node in nodes {
+            if self.state.nodes[&node].admin == AdminState::Removed {
+                continue;
+            }
+            let hb = self.report(node);
+            let outcome = decide::heartbeat(&self.state, &mut self.observed, &hb, self.now).unwrap();
+            self.commit(outcome.writes);
+            for command in operator::commands_for(&self.state, &self.observed, node, self.now) {
+                if !self.rng.chance(self.loss) {
+                    self.execute(node, command);
+                }
+            }
+        }
+        if self.now % 500 == 0 {
+            let (w, finished) = operator::advance(&self.state, &self.observed, self.now);
+            self.operators_done += finished.len();
+            self.commit(w);
+            let plans = schedule::schedule(&self.state, &self.observed, self.now);
+            let (w, _) = schedule::create(&self.state, &plans, self.now);
+            self.commit(w);
+        }
+        self.check_invariants();
+    }
+
+    fn run_until(&mut self, what: &str, max_ticks: u32, done: impl Fn(&Sim) -> bool) {
+        for _ in 0..max_ticks {
+            self.tick();
+            if done(self) {
+                return;
+            }
+        }
+        let status = schedule::rebalance_status(&self.state, &self.observed, self.now);
+        panic!(
+            "{what}: not reached after {max_ticks} ticks\nstatus {status:#?}\noperators {:#?}\ngroups {:#?}\nevents {:#?}",
+            self.state.operators,
+            self.groups,
+            self.state.events.iter().rev().take(20).collect::<Vec<_>>()
+        );
+    }
+
+    fn counts(&self, nodes: &[NodeId]) -> Vec<usize> {
+        nodes.iter().map(|n| self.groups.values().filter(|g| g.members().contains(n)).count()).collect()
+    }
+
+    /// Converged: nothing in flight, every shard at the replication factor on
+    /// live active nodes, counts within one, no stray replicas.
+    fn converged(&self, rf: usize) -> bool {
+        let live: Vec<NodeId> = self
+            .alive
+            .iter()
+            .filter(|(n, a)| **a && self.state.nodes[*n].admin == AdminState::Active)
+            .map(|(n, _)| *n)
+            .collect();
+        let counts = self.counts(&live);
+        let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
+        let shards_ok = self.groups.values().all(|g| {
+            g.joint.is_none()
+                && g.learners.is_empty()
+                && g.voters.len() == rf
+                && g.voters.iter().all(|v| live.contains(v))
+        });
+        let no_strays = self
+            .hosted
+            .iter()
+            .all(|(n, hosted)| !self.alive[n] || hosted.keys().all(|s| self.groups[s].members().contains(n)));
+        self.state.operators.is_empty() && shards_ok && spread <= 1 && no_strays
+    }
+
+    /// The PD's own records agree with the groups.
+    fn assert_pd_follows(&self) {
+        for (shard, g) in &self.groups {
+            let d = &self.state.shards[shard].descriptor;
+            assert_eq!(d.epoch.conf_ver, g.conf_ver, "shard {shard}");
+            assert_eq!(d.replicas, g.replicas(), "shard {shard}");
+        }
+    }
+}
+
+fn node_record(id: NodeId) -> NodeRecord {
+    NodeRecord {
+        id,
+        addr: addr(id),
+        admin: AdminState::Active,
+        capacity_bytes: 0,
+        labels: BTreeMap::new(),
+        registered_at_ms: 0,
+    }
+}
+
+fn settings() -> ClusterSettings {
+    ClusterSettings { max_node_down_time_ms: 5_000, ..Default::default() }
+}
+
+#[test]
+fn scale_out_balances_replicas_and_leaders() {
+    let mut sim = Sim::new(3, 24, settings(), 1);
+    // Every shard led by node 1..3 round-robin; add two empty nodes.
+    let a = sim.add_node();
+    let b = sim.add_node();
+    sim.run_until("balanced after scale-out", 3_000, |s| s.converged(3));
+    let counts = sim.counts(&[NodeId(1), NodeId(2), NodeId(3), a, b]);
+    assert!(counts.iter().all(|c| (14..=15).contains(c)), "72 replicas over 5 nodes: {counts:?}");
+    sim.assert_pd_follows();
+    // Leaders are spread too: nobody leads more than ceil(24 / 5) = 5.
+    sim.run_until("leaders balanced", 600, |s| {
+        let status = schedule::rebalance_status(&s.state, &s.observed, s.now);
+        status.balanced && status.nodes.iter().all(|n| n.leaders <= 5)
+    });
+    assert!(sim.commands_seen.contains("transfer-leader"));
+}
+
+#[test]
+fn a_node_down_too_long_is_repaired_and_its_return_cleans_up() {
+    let mut sim = Sim::new(5, 24, settings(), 2);
+    sim.run_until("initially balanced", 3_000, |s| s.converged(3));
+    sim.alive.insert(NodeId(2), false);
+    // Down but not for long: nothing moves.
+    for _ in 0..30 {
+        sim.tick();
+    }
+    assert!(sim.state.operators.values().all(|o| o.reason != "repair"), "{:?}", sim.state.operators);
+    sim.run_until("repaired", 3_000, |s| {
+        s.groups.values().all(|g| g.voters.len() == 3 && !g.voters.contains(&NodeId(2)) && g.joint.is_none())
+            && s.state.operators.is_empty()
+    });
+    assert!(sim.state.events.iter().any(|e| e.message.contains("repair")));
+    // It comes back: its stale replicas are destroyed, then it gets a share again.
+    sim.alive.insert(NodeId(2), true);
+    sim.run_until("rebalanced after the return", 3_000, |s| s.converged(3));
+    assert!(sim.commands_seen.contains("destroy"));
+    sim.assert_pd_follows();
+}
+
+#[test]
+fn drain_empties_a_node_then_remove_succeeds() {
+    let mut sim = Sim::new(4, 16, settings(), 3);
+    sim.run_until("initially balanced", 3_000, |s| s.converged(3));
+    let w = admin::set_node_state(&sim.state, NodeId(2), AdminRequest::Removed, sim.now).unwrap_err();
+    assert!(w.to_string().contains("drain it first"), "{w}");
+    let w = admin::set_node_state(&sim.state, NodeId(2), AdminRequest::Draining, sim.now).unwrap();
+    sim.commit(w);
+    sim.run_until("drained", 3_000, |s| {
+        s.groups.values().all(|g| !g.members().contains(&NodeId(2))) && s.hosted[&NodeId(2)].is_empty()
+    });
+    sim.run_until("settled", 3_000, |s| s.converged(3));
+    let w = admin::set_node_state(&sim.state, NodeId(2), AdminRequest::Removed, sim.now).unwrap();
+    sim.commit(w);
+    assert_eq!(sim.state.nodes[&NodeId(2)].admin, AdminState::Removed);
+}
+
+#[test]
+fn replication_factor_changes_add_and_remove_voters() {
+    let mut sim = Sim::new(5, 8, settings(), 4);
+    sim.run_until("initially balanced", 3_000, |s| s.converged(3));
+    let w = admin::set_setting(&sim.state, "replication-factor", "5", sim.now).unwrap();
+    sim.commit(w);
+    sim.run_until("five voters each", 3_000, |s| s.converged(5));
+    sim.rf_floor = 3;
+    let w = admin::set_setting(&sim.state, "replication-factor", "3", sim.now).unwrap();
+    sim.commit(w);
+    sim.run_until("three voters each", 3_000, |s| s.converged(3));
+    sim.assert_pd_follows();
+}
+
+#[test]
+fn lost_commands_and_leaders_dying_mid_change_still_converge() {
+    for seed in 10..16 {
+        let mut sim = Sim::new(3, 24, settings(), seed);
+        sim.loss = 30;
+        sim.crash_in_joint = 50;
+        sim.add_node();
+        sim.add_node();
+        sim.run_until("converged despite faults", 6_000, |s| s.converged(3));
+        sim.assert_pd_follows();
+    }
+}
+
+#[test]
+fn a_target_that_dies_before_promotion_is_rolled_back() {
+    let mut sim = Sim::new(3, 4, settings(), 5);
+    let n4 = sim.add_node();
+    // Two ticks: every node has reported, the scheduler (every 500 ms) has not run yet.
+    sim.tick();
+    sim.tick();
+    let leader = sim.groups[&ShardId(1)].leader.unwrap();
+    let from = *sim.groups[&ShardId(1)].voters.iter().find(|v| **v != leader).unwrap();
+    let kind = OperatorKind::MoveReplica { from, to: n4 };
+    let (_, w) = admin::create_operator(&sim.state, &sim.observed, ShardId(1), kind, sim.now).unwrap();
+    sim.commit(w);
+    // Let it add the learner, then kill the target before it is created.
+    sim.run_until("learner added", 200, |s| s.groups[&ShardId(1)].learners.contains(&n4));
+    sim.alive.insert(n4, false);
+    sim.hosted.get_mut(&n4).unwrap().clear();
+    sim.run_until("rolled back", 400, |s| {
+        !s.groups[&ShardId(1)].members().contains(&n4) && !s.state.operators.contains_key(&ShardId(1))
+    });
+    assert!(sim.state.events.iter().any(|e| e.message.contains("rolled back")), "{:?}", sim.state.events);
+    assert_eq!(sim.groups[&ShardId(1)].voters.len(), 3);
+}
+
+#[test]
+fn admin_operators_are_validated() {
+    let mut sim = Sim::new(4, 4, settings(), 6);
+    for _ in 0..10 {
+        sim.tick();
+    }
+    let s = &sim.state;
+    let o = &sim.observed;
+    let voters: Vec<NodeId> = sim.groups[&ShardId(1)].voters.iter().copied().collect();
+    let outsider = (1..=4).map(NodeId).find(|n| !voters.contains(n)).unwrap();
+    let err = |k| admin::create_operator(s, o, ShardId(1), k, sim.now).unwrap_err().to_string();
+    assert!(err(OperatorKind::MoveReplica { from: outsider, to: voters[0] }).contains("holds no voter"));
+    assert!(err(OperatorKind::MoveReplica { from: voters[0], to: voters[1] }).contains("already holds"));
+    assert!(err(OperatorKind::MoveReplica { from: voters[0], to: NodeId(99) }).contains("not registered"));
+    assert!(err(OperatorKind::RemoveReplica { from: voters[0] }).contains("fewer voters"));
+    assert!(err(OperatorKind::TransferLeader { to: outsider }).contains("holds no voter"));
+    assert!(admin::create_operator(s, o, ShardId(99), OperatorKind::AddReplica { to: outsider }, sim.now).is_err());
+    assert!(admin::set_setting(s, "replication-factor", "9", sim.now).is_err());
+    assert!(admin::set_setting(s, "no-such", "1", sim.now).unwrap_err().to_string().contains("unknown setting"));
+    assert!(admin::set_setting(s, "max-node-down-time", "soon", sim.now).is_err());
+    let w = admin::set_setting(s, "max-node-down-time", "30s", sim.now).unwrap();
+    assert_eq!(w.cluster.unwrap().settings.max_node_down_time_ms, 30_000);
+    let (op, w) =
+        admin::create_operator(s, o, ShardId(1), OperatorKind::MoveReplica { from: voters[0], to: outsider }, sim.now)
+            .unwrap();
+    sim.commit(w);
+    assert!(sim.state.operators.contains_key(&ShardId(1)));
+    let busy = admin::create_operator(
+        &sim.state,
+        &sim.observed,
+        ShardId(1),
+        OperatorKind::TransferLeader { to: voters[1] },
+        sim.now,
+    );
+    assert!(busy.unwrap_err().to_string().contains(&format!("operator {}", op.id)));
+    // (The balancer may move it back later: 4 nodes, 12 replicas, 3 each.)
+    let done = format!("operator {} on shard 1 (move-replica {}->{outsider}) done", op.id, voters[0]);
+    sim.run_until("the admin move finished", 600, |s| s.state.events.iter().any(|e| e.message == done));
+}
