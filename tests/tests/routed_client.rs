@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig};
-use cairn_proto::{KeyRange, NodeId, ShardId};
+use cairn_proto::{KeyRange, NodeId, OperatorKind, ShardId};
 use cairn_tests::{TestCluster, wait_until};
 use futures::StreamExt;
 
@@ -42,21 +42,33 @@ async fn leader_transfers_under_16_writers_fail_no_call() -> anyhow::Result<()> 
         }));
     }
 
-    // Move every shard's leader around while the writers run.
+    // Move every shard's leader around while the writers run, through the PD
+    // (its own leader balancing may move leaders too; one operator per shard).
+    let pd = cluster.pd_client()?;
     let mut transfers = 0;
     for round in 0..TRANSFERS {
         let shard = ShardId(1 + (round as u64 % SHARDS as u64));
-        let leaders = cluster.leaders();
-        let current = *leaders.get(&shard).expect("every shard has a leader");
+        let current =
+            wait_until("a leader", Duration::from_secs(20), || async { cluster.leaders().get(&shard).copied() })
+                .await?;
         let node = cluster.running().find(|n| n.id() == current).expect("the leader runs");
         let replica = node.shared.registry.get(shard).expect("the leader hosts the shard");
         let target =
             replica.descriptor().replicas.iter().map(|r| r.node).find(|id| *id != current).expect("another voter");
         // Let some writes land under the current leader first.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        replica.group.transfer_leader(target).await?;
+        let kind = OperatorKind::TransferLeader { to: target };
+        let op = wait_until("the PD to take the transfer", Duration::from_secs(20), || async {
+            match pd.create_operator(shard, kind.clone()).await {
+                Ok(op) => Some(op),
+                Err(e) if e.to_string().contains("busy") => None,
+                Err(e) => panic!("transfer refused: {e}"),
+            }
+        })
+        .await?;
+        let done = format!("operator {} on shard {shard} ({kind}) done", op.id);
         wait_until("the transfer to take effect", Duration::from_secs(20), || async {
-            (cluster.leaders().get(&shard) == Some(&target)).then_some(())
+            pd.cluster(64).await.ok()?.events.iter().any(|e| e.message == done).then_some(())
         })
         .await?;
         transfers += 1;
