@@ -187,6 +187,8 @@ impl DirectClient {
         // naming one of them comes from a replica that has not yet noticed its
         // leader died, and following it would only burn attempts.
         let mut unreachable: Vec<String> = Vec::new();
+        // Nodes that redirected us since the last backoff.
+        let mut redirected_by: Vec<String> = Vec::new();
         for attempt in 0..self.config.max_attempts {
             let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
@@ -228,11 +230,14 @@ impl DirectClient {
                     self.backoff(attempt, deadline).await;
                 }
                 RetryAction::Redirect { leader, addr: leader_addr } => {
-                    // A node naming itself as leader while refusing to lead is stale; going
-                    // straight back would only spin.
-                    let spinning = leader_addr == addr;
+                    // A node naming itself as leader while refusing to lead is stale, and
+                    // during a transfer the old and new leader can name each other for a
+                    // moment; going straight back would only spin.
+                    let spinning = leader_addr == addr || redirected_by.contains(&leader_addr);
+                    redirected_by.push(addr.clone());
                     self.update_cache(|shards| routing::note_leader(shards, shard, leader, &leader_addr));
                     if spinning {
+                        redirected_by.clear();
                         self.backoff(attempt, deadline).await;
                     }
                 }
