@@ -69,7 +69,26 @@ impl TestCluster {
         })
         .await?;
         cluster.wait_for_leaders(Duration::from_secs(30)).await?;
+        cluster.wait_for_replicas(Duration::from_secs(30)).await?;
         Ok(cluster)
+    }
+
+    /// Waits until every running node hosts every replica the PD lists for it
+    /// (a shard elects its leader once a quorum of its first replicas exists;
+    /// the last one may be created a heartbeat later).
+    pub async fn wait_for_replicas(&self, timeout: Duration) -> anyhow::Result<()> {
+        let pd = self.pd_client()?;
+        wait_until("every listed replica to exist", timeout, || async {
+            let (routes, _) = pd.list_shards(&cairn_proto::KeyRange::full(), 0).await.ok()?;
+            let all = self.running().all(|n| {
+                routes
+                    .iter()
+                    .filter(|r| r.descriptor.replicas.iter().any(|d| d.node == n.id()))
+                    .all(|r| n.shared.registry.get(r.descriptor.id).is_some())
+            });
+            all.then_some(())
+        })
+        .await
     }
 
     /// Starts one more node, configured like the others: it registers with
