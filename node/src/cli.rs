@@ -40,6 +40,11 @@ pub struct ServerArgs {
     /// Bootstrap: replication factor (default: the number of PD members, at most 3).
     #[arg(long)]
     pub replication_factor: Option<u32>,
+    /// Bootstrap: how long a node may be down before its replicas are
+    /// re-created elsewhere, e.g. `30s`, `30m` (default 30m). Change it later
+    /// with `cairnctl config set max-node-down-time`.
+    #[arg(long)]
+    pub max_node_down_time: Option<String>,
 }
 
 impl ServerArgs {
@@ -74,6 +79,10 @@ impl ServerArgs {
         }
         if let Some(v) = self.initial_shards {
             config.initial_shards = v;
+        }
+        if let Some(v) = &self.max_node_down_time {
+            config.max_node_down_time_ms = cairn_placement::admin::parse_duration_ms(v)
+                .with_context(|| format!("--max-node-down-time: {v:?} is not a duration like 30s or 30m"))?;
         }
         config.validate().map_err(anyhow::Error::msg).context("invalid configuration")?;
         Ok(config)

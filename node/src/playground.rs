@@ -80,6 +80,8 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         let pd_member = i < PD_MEMBERS;
         if pd_member {
             command.args(["--initial-pd", &initial_pd, "--initial-shards", &args.initial_shards.to_string()]);
+            // A playground is for trying things: repair after 30 s, not 30 min.
+            command.args(["--max-node-down-time", "30s"]);
         }
         let child = command
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=error,h2=warn".into()))
@@ -142,6 +144,13 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     println!("  cargo run --release --bin cairnctl -- get user:1");
     println!("  cargo run --release --bin cairnctl -- status");
     println!("  cargo run --release --bin cairnctl -- shards");
+    println!("  cargo run --release --bin cairnctl -- rebalance status");
+    let next_port = args.base_port as u32 + args.nodes + 10;
+    println!(
+        "  cargo run --release -- server --pd {} --listen 127.0.0.1:{next_port} --data-dir {}/node-extra  # add a node",
+        pd_addrs[0],
+        args.data_dir.display()
+    );
     println!("  CAIRN_PD={} cargo run --release -p cairn-client --example typed_documents", pd_addrs[0]);
     println!("Ctrl-C stops every node.");
 
