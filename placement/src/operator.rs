@@ -435,3 +435,174 @@ pub fn new_operator(
     writes.operators.push(op.clone());
     Some(op)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cairn_proto::{Epoch, KeyRange, PeerProgress, ReplicaDescriptor};
+
+    use super::*;
+    use crate::model::{ClusterRecord, NodeRecord};
+
+    const NOW: u64 = 100_000;
+
+    /// Nodes 1-4 alive; shard 1 with `voters` and `learners`, led by `leader`.
+    fn setup(voters: &[u64], learners: &[u64], leader: u64, joint: bool) -> (PdState, Observed) {
+        let mut state = PdState::default();
+        let mut w = Writes {
+            cluster: Some(ClusterRecord {
+                cluster_id: 1,
+                created_at_ms: 0,
+                pd_members: vec![],
+                next_node_id: 5,
+                next_shard_id: 2,
+                next_event_seq: 1,
+                initial_shards: 1,
+                initial_shards_created: true,
+                settings: ClusterSettings::default(),
+                next_operator_id: 1,
+            }),
+            ..Default::default()
+        };
+        for n in 1..=4 {
+            w.nodes.push(NodeRecord {
+                id: NodeId(n),
+                addr: format!("n{n}:1"),
+                admin: AdminState::Active,
+                capacity_bytes: 0,
+                labels: BTreeMap::new(),
+                registered_at_ms: 0,
+            });
+        }
+        let replica = |n: &u64, role| ReplicaDescriptor { node: NodeId(*n), addr: format!("n{n}:1"), role };
+        let mut replicas: Vec<ReplicaDescriptor> = voters.iter().map(|n| replica(n, ReplicaRole::Voter)).collect();
+        replicas.extend(learners.iter().map(|n| replica(n, ReplicaRole::Learner)));
+        let descriptor = ShardDescriptor {
+            id: ShardId(1),
+            range: KeyRange::full(),
+            epoch: Epoch { conf_ver: 5, version: 1 },
+            replicas,
+        };
+        w.shards.push(ShardRecord { descriptor, creating: false });
+        state.apply(&w, 1);
+        let mut observed = Observed::new(0);
+        for n in 1..=4 {
+            let node = observed.nodes.entry(NodeId(n)).or_default();
+            node.last_heartbeat_ms = NOW;
+            if voters.contains(&n) || learners.contains(&n) {
+                node.hosted.insert(ShardId(1));
+            }
+        }
+        let obs = observed.shards.entry(ShardId(1)).or_default();
+        obs.leader = Some(NodeId(leader));
+        obs.conf_ver = 5;
+        obs.joint = joint;
+        obs.last_log_index = 5_000;
+        obs.progress = (1..=4)
+            .filter(|n| *n != leader)
+            .map(|n| PeerProgress { node: NodeId(n), matched_index: 5_000, ..Default::default() })
+            .collect();
+        (state, observed)
+    }
+
+    fn op(kind: OperatorKind) -> OperatorRecord {
+        OperatorRecord {
+            id: 1,
+            shard: ShardId(1),
+            kind,
+            reason: "test".into(),
+            created_at_ms: 0,
+            deadline_ms: NOW * 2,
+            rollback: None,
+        }
+    }
+
+    fn command(step: Step) -> (NodeId, NodeCommand) {
+        match step {
+            Step::Command { node, command, .. } => (node, command),
+            other => panic!("expected a command, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_move_goes_learner_replica_catch_up_promote_done() {
+        let mv = op(OperatorKind::MoveReplica { from: NodeId(2), to: NodeId(4) });
+        let (state, observed) = setup(&[1, 2, 3], &[], 1, false);
+        let (to, c) = command(step(&state, &observed, &mv, NOW));
+        assert_eq!(to, NodeId(1));
+        assert!(matches!(c, NodeCommand::AddLearner { node: NodeId(4), conf_ver: 5, .. }), "{c:?}");
+
+        let (state, mut observed) = setup(&[1, 2, 3], &[4], 1, false);
+        observed.nodes.get_mut(&NodeId(4)).unwrap().hosted.clear();
+        let (to, c) = command(step(&state, &observed, &mv, NOW));
+        assert_eq!((to, matches!(c, NodeCommand::JoinReplica { .. })), (NodeId(4), true));
+
+        let (state, mut observed) = setup(&[1, 2, 3], &[4], 1, false);
+        observed.shards.get_mut(&ShardId(1)).unwrap().progress.retain(|p| p.node != NodeId(4));
+        assert_eq!(step(&state, &observed, &mv, NOW), Step::Wait("catch-up"));
+
+        let (state, observed) = setup(&[1, 2, 3], &[4], 1, false);
+        let (to, c) = command(step(&state, &observed, &mv, NOW));
+        let promote =
+            NodeCommand::ChangeVoters { shard: ShardId(1), conf_ver: 5, voters: vec![NodeId(1), NodeId(3), NodeId(4)] };
+        assert_eq!((to, c), (NodeId(1), promote.clone()));
+
+        // Joint (voters are the union): the same change again completes it.
+        let (state, observed) = setup(&[1, 2, 3, 4], &[], 1, true);
+        assert_eq!(command(step(&state, &observed, &mv, NOW)), (NodeId(1), promote));
+
+        let (state, observed) = setup(&[1, 3, 4], &[], 1, false);
+        assert_eq!(step(&state, &observed, &mv, NOW), Step::Finished(Outcome::Done));
+    }
+
+    #[test]
+    fn a_leaving_leader_hands_over_first_and_quorum_is_required() {
+        let mv = op(OperatorKind::MoveReplica { from: NodeId(1), to: NodeId(4) });
+        let (state, observed) = setup(&[1, 2, 3], &[4], 1, false);
+        let (to, c) = command(step(&state, &observed, &mv, NOW));
+        assert_eq!(to, NodeId(1));
+        assert!(matches!(c, NodeCommand::TransferLeader { to: NodeId(2) | NodeId(3), .. }), "{c:?}");
+
+        // Node 3 is down: the new set {2, 3, 4} has a quorum, the old {1, 2, 3} too.
+        let mv = op(OperatorKind::MoveReplica { from: NodeId(2), to: NodeId(4) });
+        let (state, mut observed) = setup(&[1, 2, 3], &[4], 1, false);
+        observed.nodes.get_mut(&NodeId(3)).unwrap().last_heartbeat_ms = 0;
+        assert!(matches!(step(&state, &observed, &mv, NOW), Step::Command { name: "promote", .. }));
+        // Nodes 2 and 3 down: the old set has no quorum; never enter a joint config then.
+        observed.nodes.get_mut(&NodeId(2)).unwrap().last_heartbeat_ms = 0;
+        assert_eq!(step(&state, &observed, &mv, NOW), Step::Wait("quorum"));
+    }
+
+    #[test]
+    fn rollback_removes_the_learner_but_never_undoes_a_promotion() {
+        let mut mv = op(OperatorKind::MoveReplica { from: NodeId(2), to: NodeId(4) });
+        let (mut state, mut observed) = setup(&[1, 2, 3], &[4], 1, false);
+        observed.nodes.get_mut(&NodeId(4)).unwrap().last_heartbeat_ms = 0;
+        state.operators.insert(ShardId(1), mv.clone());
+        let (w, _) = advance(&state, &observed, NOW);
+        assert_eq!(w.operators[0].rollback.as_deref(), Some("target node 4 is down"));
+        mv.rollback = Some("target node 4 is down".into());
+        let (to, c) = command(step(&state, &observed, &mv, NOW));
+        assert_eq!(
+            (to, c),
+            (NodeId(1), NodeCommand::RemoveLearner { shard: ShardId(1), conf_ver: 5, node: NodeId(4) })
+        );
+        let (state, observed) = setup(&[1, 2, 3], &[], 1, false);
+        assert!(matches!(step(&state, &observed, &mv, NOW), Step::Finished(Outcome::RolledBack(_))));
+        // Promoted (joint): the rollback is ignored and the change completes.
+        let (state, observed) = setup(&[1, 2, 3, 4], &[], 1, true);
+        assert!(matches!(step(&state, &observed, &mv, NOW), Step::Command { name: "leave-joint", .. }));
+    }
+
+    #[test]
+    fn replicas_no_configuration_lists_are_destroyed() {
+        let (state, mut observed) = setup(&[1, 2, 3], &[], 1, false);
+        observed.nodes.get_mut(&NodeId(4)).unwrap().hosted.insert(ShardId(1));
+        assert_eq!(
+            commands_for(&state, &observed, NodeId(4), NOW),
+            vec![NodeCommand::DestroyReplica { shard: ShardId(1), conf_ver: 5 }]
+        );
+        assert!(commands_for(&state, &observed, NodeId(2), NOW).is_empty());
+    }
+}

@@ -626,3 +626,45 @@ fn admin_operators_are_validated() {
     let done = format!("operator {} on shard 1 (move-replica {}->{outsider}) done", op.id, voters[0]);
     sim.run_until("the admin move finished", 600, |s| s.state.events.iter().any(|e| e.message == done));
 }
+
+#[test]
+fn the_scheduler_respects_its_limits_and_waits_before_repairing() {
+    // 3 full nodes, 3 empty ones: many moves wanted, few allowed at once.
+    let limited = ClusterSettings { max_operators: 4, max_moves_per_node: 1, ..settings() };
+    let mut sim = Sim::new(3, 24, limited, 7);
+    for _ in 0..3 {
+        sim.add_node();
+    }
+    let mut max_in_flight = 0;
+    let mut max_per_node = 0;
+    for _ in 0..3_000 {
+        sim.tick();
+        max_in_flight = max_in_flight.max(sim.state.operators.len());
+        let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for op in sim.state.operators.values() {
+            for n in operator::involved(&op.kind) {
+                *per_node.entry(n).or_default() += 1;
+            }
+        }
+        max_per_node = max_per_node.max(per_node.values().copied().max().unwrap_or(0));
+        if sim.converged(3) {
+            break;
+        }
+    }
+    assert!(sim.converged(3), "converged within the limits");
+    assert!(max_in_flight <= 4, "max-operators: {max_in_flight}");
+    assert!(max_per_node <= 1, "max-moves-per-node: {max_per_node}");
+
+    // A node down for less than max-node-down-time (5 s here) is not repaired.
+    sim.alive.insert(NodeId(6), false);
+    let down_at = sim.now;
+    while sim.now < down_at + 4_500 {
+        sim.tick();
+        assert!(sim.state.operators.values().all(|o| o.reason != "repair"), "repair before the deadline");
+    }
+    sim.run_until("repaired after the deadline", 3_000, |s| {
+        s.state.operators.values().any(|o| o.reason == "repair")
+            || s.groups.values().all(|g| !g.members().contains(&NodeId(6)))
+    });
+    assert!(sim.now >= down_at + 5_000);
+}
