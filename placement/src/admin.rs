@@ -111,7 +111,7 @@ pub fn create_operator(
         if node.admin != AdminState::Active {
             return Err(PdError::Refused(format!("node {n} is not active")));
         }
-        if !observed.is_alive(n, now_ms) || !observed.has_reported(n) {
+        if !observed.is_fresh(n, now_ms) {
             return Err(PdError::Refused(format!("node {n} is down")));
         }
         Ok(())

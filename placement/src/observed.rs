@@ -11,6 +11,10 @@ use cairn_proto::{Heartbeat, NodeId, NodeStats, PeerProgress, RaftRole, ShardId}
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// A node not heard from for this long is shown as down.
 pub const NODE_DOWN_AFTER_MS: u64 = 5_000;
+/// A node not heard from for this long is not given new work (replicas,
+/// leaderships), though it is not down yet: a node that just died must not
+/// receive a leader transfer in the seconds before it is declared down.
+pub const NODE_FRESH_MS: u64 = 2_500;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeObs {
@@ -111,6 +115,11 @@ impl Observed {
     pub fn is_alive(&self, node: NodeId, now_ms: u64) -> bool {
         let last = self.nodes.get(&node).map(|n| n.last_heartbeat_ms).unwrap_or(self.since_ms);
         now_ms.saturating_sub(last) < NODE_DOWN_AFTER_MS
+    }
+
+    /// Whether the node has reported recently enough to be given new work.
+    pub fn is_fresh(&self, node: NodeId, now_ms: u64) -> bool {
+        self.nodes.get(&node).is_some_and(|n| now_ms.saturating_sub(n.last_heartbeat_ms) < NODE_FRESH_MS)
     }
 
     /// Whether the node has actually reported since this PD leader took over.

@@ -189,6 +189,10 @@ pub fn step(state: &PdState, observed: &Observed, op: &OperatorRecord, now_ms: u
             return Step::Finished(Outcome::Abandoned(format!("node {to} is not a voter of shard {}", d.id)));
         }
         let Some(leader) = leader else { return Step::Wait("leader") };
+        if !observed.is_fresh(to, now_ms) {
+            // Silent for a while: maybe dead; never hand it the shard.
+            return Step::Wait("target");
+        }
         return Step::Command {
             node: leader,
             command: NodeCommand::TransferLeader { shard: d.id, to },
@@ -252,7 +256,7 @@ pub fn step(state: &PdState, observed: &Observed, op: &OperatorRecord, now_ms: u
             // stays and is furthest along.
             let successor = target
                 .iter()
-                .filter(|n| **n != from && config.voters.contains(n) && live(state, observed, **n, now_ms))
+                .filter(|n| **n != from && config.voters.contains(n) && observed.is_fresh(**n, now_ms))
                 .max_by_key(|n| (obs.progress_of(**n).map(|p| p.matched_index).unwrap_or(0), std::cmp::Reverse(**n)))
                 .copied();
             let Some(to) = successor else { return Step::Wait("successor") };
@@ -593,6 +597,21 @@ mod tests {
         // Promoted (joint): the rollback is ignored and the change completes.
         let (state, observed) = setup(&[1, 2, 3, 4], &[], 1, true);
         assert!(matches!(step(&state, &observed, &mv, NOW), Step::Command { name: "leave-joint", .. }));
+    }
+
+    #[test]
+    fn leadership_never_goes_to_a_node_gone_silent() {
+        // Node 2 stopped reporting 3 s ago: not down yet, but not fresh.
+        let (state, mut observed) = setup(&[1, 2, 3], &[], 1, false);
+        observed.nodes.get_mut(&NodeId(2)).unwrap().last_heartbeat_ms = NOW - 3_000;
+        let transfer = op(OperatorKind::TransferLeader { to: NodeId(2) });
+        assert_eq!(step(&state, &observed, &transfer, NOW), Step::Wait("target"));
+        // A leaving leader hands over to the fresh voter.
+        let mv = op(OperatorKind::MoveReplica { from: NodeId(1), to: NodeId(4) });
+        let (state, mut observed) = setup(&[1, 2, 3], &[4], 1, false);
+        observed.nodes.get_mut(&NodeId(2)).unwrap().last_heartbeat_ms = NOW - 3_000;
+        let (_, c) = command(step(&state, &observed, &mv, NOW));
+        assert_eq!(c, NodeCommand::TransferLeader { shard: ShardId(1), to: NodeId(3) });
     }
 
     #[test]

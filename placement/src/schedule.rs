@@ -27,7 +27,7 @@ use crate::operator::{incoming, involved, new_operator, outgoing};
 /// of every node counting operators in flight as done.
 struct View<'a> {
     state: &'a PdState,
-    /// Active, alive nodes that have reported: they may receive replicas.
+    /// Active nodes heard from recently: they may receive replicas and leaderships.
     eligible: BTreeSet<NodeId>,
     /// Nodes whose replicas must go: removed, or down longer than allowed.
     gone: BTreeSet<NodeId>,
@@ -77,7 +77,7 @@ impl<'a> View<'a> {
                 AdminState::Draining => {
                     view.draining.insert(n.id);
                 }
-                AdminState::Active if observed.has_reported(n.id) && observed.is_alive(n.id, now_ms) => {
+                AdminState::Active if observed.is_fresh(n.id, now_ms) => {
                     view.eligible.insert(n.id);
                 }
                 AdminState::Active => {}
