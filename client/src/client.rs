@@ -765,6 +765,8 @@ impl Client {
         let mut previous_failure: Option<String> = None;
         // Nodes that answered NOT_LEADER with a hint since the last backoff.
         let mut redirected_by: Vec<String> = Vec::new();
+        // Nodes that failed with UNAVAILABLE and were not retried since (bounded by the attempts).
+        let mut unreachable: Vec<String> = Vec::new();
         while attempt < self.max_attempts {
             let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
@@ -808,7 +810,24 @@ impl Client {
                 Ok(value) => return Ok(Routed::Done(value)),
                 Err(err) => err,
             };
-            let decision = plan_retry(&err, &addr, previous_failure.as_deref());
+            let mut decision = plan_retry(&err, &addr, previous_failure.as_deref());
+            if matches!(err, ApiError::Unavailable(_)) && !unreachable.contains(&addr) {
+                unreachable.push(addr.clone());
+            }
+            // A hint naming a node that just failed us comes from a replica that
+            // may not have noticed its leader died: rather than spend the next
+            // attempt on that node, back off and ask another replica once; the
+            // next hint to it is followed (it may have been a passing error).
+            let mut dead_hint = None;
+            if let (ApiError::NotLeader { leader: Some((_, hint)), .. }, RetryDecision::Retry(plan)) =
+                (&err, &mut decision)
+                && let Some(at) = unreachable.iter().position(|a| a == hint)
+            {
+                unreachable.swap_remove(at);
+                plan.leader = LeaderUpdate::Forget;
+                plan.wait = Wait::Backoff;
+                dead_hint = Some(hint.clone());
+            }
             debug!(op, key = %display_key(first), %shard, %addr, attempt, error = %err, ?decision, "attempt failed");
             let RetryDecision::Retry(plan) = decision else { return Err(err.into()) };
             self.write_map(|m| {
@@ -824,7 +843,7 @@ impl Client {
             if plan.refresh_from_pd {
                 self.refresh(first, last, deadline).await;
             }
-            previous_failure = plan.avoid_target.then(|| addr.clone());
+            previous_failure = dead_hint.or_else(|| plan.avoid_target.then(|| addr.clone()));
             let mut wait = match plan.wait {
                 Wait::No => false,
                 Wait::Backoff => true,
