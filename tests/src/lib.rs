@@ -3,6 +3,7 @@
 //! conditions with deadlines. Used by the tests in `tests/tests/` and by the
 //! `bench` command.
 
+pub mod acceptance;
 pub mod bench;
 pub mod cluster;
 pub mod wait;
