@@ -29,6 +29,10 @@ fn voters(d: &ShardDescriptor) -> BTreeSet<NodeId> {
 
 /// Four nodes, one shard on three of them; logs compacted after 50 entries.
 async fn start() -> anyhow::Result<(TestCluster, PdClient, Client)> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let cluster = TestCluster::start_with(4, 1, |c| {
         c.raft.snapshot_logs_since_last = 50;
         c.raft.logs_to_keep = 10;
@@ -72,19 +76,23 @@ async fn wait_snapshot_flowing(pd: &PdClient) -> anyhow::Result<()> {
 
 /// Every running node hosts shard 1 exactly when the PD lists it there.
 async fn wait_no_strays(cluster: &TestCluster, pd: &PdClient) -> anyhow::Result<()> {
-    wait_until("every replica to be where the PD lists it", Duration::from_secs(60), || async {
+    let last = std::sync::Mutex::new(String::new());
+    let r = wait_until("every replica to be where the PD lists it", Duration::from_secs(60), || async {
         let d = descriptor(pd).await?;
-        cluster
-            .running()
-            .all(|n| {
-                let listed = d.replicas.iter().any(|r| r.node == n.id());
-                let hosted = n.shared.registry.get(SHARD).is_some();
-                let stored = n.shared.storage.shard_record(SHARD).ok().flatten().is_some();
-                listed == hosted && listed == stored
-            })
-            .then_some(())
+        let mut ok = true;
+        let mut seen = format!("PD: {d:?}");
+        for n in cluster.running() {
+            let listed = d.replicas.iter().any(|r| r.node == n.id());
+            let hosted = n.shared.registry.get(SHARD).map(|r| r.descriptor());
+            let stored = n.shared.storage.shard_record(SHARD).ok().flatten().is_some();
+            seen.push_str(&format!("\nnode {}: listed {listed} hosted {hosted:?} stored {stored}", n.id()));
+            ok &= listed == hosted.is_some() && listed == stored;
+        }
+        *last.lock().unwrap() = seen;
+        ok.then_some(())
     })
-    .await
+    .await;
+    r.map_err(|e| e.context(last.into_inner().unwrap()))
 }
 
 fn index_of(cluster: &TestCluster, id: NodeId) -> usize {
@@ -124,9 +132,8 @@ async fn target_crash_mid_snapshot_rolls_back() -> anyhow::Result<()> {
 async fn pd_leader_crash_mid_operator_is_resumed_by_the_next() -> anyhow::Result<()> {
     let (mut cluster, pd, client) = start().await?;
     let before = descriptor(&pd).await.expect("shard 1");
-    let pd_leader = (0..cluster.len())
-        .find(|i| cluster.node(*i).and_then(|n| n.shared.pd.as_ref()).is_some_and(|p| p.is_leader()))
-        .expect("a PD leader");
+    let pd_leader =
+        (0..cluster.len()).find(|i| cluster.node(*i).is_some_and(|n| n.shared.pd.is_leader())).expect("a PD leader");
     let pd_leader_id = cluster.node(pd_leader).unwrap().id();
     let to = cluster.running().map(|n| n.id()).find(|n| !voters(&before).contains(n)).expect("the empty node");
     // Move a voter that is not the PD leader's node, so the move's own nodes survive.

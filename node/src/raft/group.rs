@@ -252,7 +252,8 @@ impl RaftGroup {
     /// The leader this replica believes in, with its address.
     pub fn leader_hint(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow_watched().clone();
-        let leader = m.current_leader?;
+        // A removed leader that stepped down still names itself: no hint.
+        let leader = m.current_leader.filter(|l| *l != self.node_id || m.state == ServerState::Leader)?;
         let addr = m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
         Some((NodeId(leader), addr))
     }
@@ -281,7 +282,15 @@ impl RaftGroup {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+        self.leads(&self.raft.metrics().borrow_watched())
+    }
+
+    /// Whether these metrics say this replica leads. Both halves matter: a
+    /// leader removed from the configuration steps down to learner (openraft's
+    /// `removed_leader_step_down`) but keeps `current_leader` pointing at
+    /// itself, since no later leader ever writes to it.
+    fn leads(&self, m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
     /// Proposes a command and waits until it is applied on this leader.
@@ -398,7 +407,7 @@ impl RaftGroup {
     /// sleep, then itself. Returns whether the group is now quiescent.
     pub async fn try_quiesce(&self) -> bool {
         let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(self.node_id) || self.is_quiescent() {
+        if !self.leads(&m) || self.is_quiescent() {
             return false;
         }
         let membership = m.membership_config.membership();
@@ -486,7 +495,7 @@ impl RaftGroup {
     /// The leader's view of the group (`None` unless this replica leads).
     pub fn leader_view(&self) -> Option<LeaderView> {
         let m = self.raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(self.node_id) {
+        if !self.leads(&m) {
             return None;
         }
         let replication = m.replication.as_ref()?;
