@@ -333,8 +333,8 @@ mod tests {
         let invalid = |r: Result<(), ApiError>| matches!(r, Err(ApiError::InvalidArgument(_)));
         assert!(invalid(c.set_setting("no-such-setting", "1").await.map(|_| ())));
         assert!(invalid(c.set_setting("max-operators", &"1".repeat(257)).await.map(|_| ())));
-        let transfer = OperatorKind::TransferLeader { to: NodeId(2) };
-        assert!(invalid(c.create_operator(ShardId(0), transfer).await.map(|_| ())), "the PD's own shard");
+        let to_node_0 = OperatorKind::TransferLeader { to: NodeId(0) };
+        assert!(invalid(c.create_operator(ShardId(3), to_node_0).await.map(|_| ())), "node 0");
         let to_itself = OperatorKind::MoveReplica { from: NodeId(2), to: NodeId(2) };
         assert!(invalid(c.create_operator(ShardId(3), to_itself).await.map(|_| ())));
         assert!(invalid(c.set_node_state(NodeId(0), AdminRequest::Draining).await.map(|_| ())));

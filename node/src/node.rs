@@ -78,8 +78,8 @@ pub struct NodeShared {
     pub registry: Arc<Registry>,
     pub transport: Arc<Transport>,
     pub kv: Kv,
-    /// The PD runtime, on PD members (the nodes hosting shard 0).
-    pub pd: Option<Arc<PdRuntime>>,
+    /// The PD runtime; it acts while this node hosts shard 0 (a PD member).
+    pub pd: Arc<PdRuntime>,
     /// Client of the PD endpoints this node was started with.
     pub pd_client: PdClient,
     pub cluster_id: u64,
@@ -161,7 +161,7 @@ impl NodeShared {
     /// deletes the record. The check is made before the group stops and again in
     /// that transaction (the group may apply a membership entry meanwhile); if
     /// the second one declines, the group is started again from its intact
-    /// record. Whether this node may destroy (not the PD shard, not the leader)
+    /// record. Whether this node may destroy (not the leader)
     /// is the caller's decision.
     pub async fn destroy_replica_at(
         &self,
@@ -280,6 +280,16 @@ fn pd_client_config() -> ClientConfig {
     }
 }
 
+/// The PD endpoints this node talks to: its own address is left out (unless
+/// it is the only one), since a node that is no longer a PD member would
+/// otherwise forward PD requests to itself.
+fn pd_endpoints_but_self(config: &NodeConfig) -> Vec<String> {
+    let all = config.pd_endpoints();
+    let me = config.advertise_addr();
+    let others: Vec<String> = all.iter().filter(|a| **a != me).cloned().collect();
+    if others.is_empty() { all } else { others }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -303,7 +313,7 @@ impl Node {
         config.validate().map_err(NodeError::Config)?;
         let addr = config.advertise_addr();
         let cancel = CancellationToken::new();
-        let pd_client = PdClient::new(config.pd_endpoints(), pd_client_config())
+        let pd_client = PdClient::new(pd_endpoints_but_self(&config), pd_client_config())
             .map_err(|e| NodeError::Config(format!("pd endpoints: {e}")))?;
         let storage_config = StorageConfig { cache_bytes: config.cache_bytes, ..Default::default() };
         let storage = Storage::open(&config.data_dir.join(DB_FILE), storage_config)?;
@@ -324,7 +334,10 @@ impl Node {
             let r = NodeRecord { bootstrapped: true, ..record.clone() };
             storage.call(|done| WriteOp::PutNodeMeta { key: NODE_RECORD, value: encode(&r), done }).await?;
         }
-        let pd = registry.get(PD_SHARD).map(|_| {
+        // Every node runs the PD runtime; it acts while the node hosts a
+        // replica of shard 0 (RFC 004), so a node that joins the PD becomes a
+        // member without a restart.
+        let pd = {
             let settings = ClusterSettings {
                 replication_factor: config.bootstrap_replication_factor(),
                 max_node_down_time_ms: config.max_node_down_time_ms,
@@ -336,8 +349,9 @@ impl Node {
                 settings,
             };
             PdRuntime::new(id, addr.clone(), registry.clone(), storage.clone(), bootstrap)
-        });
-        tracing::info!(node = id.0, %addr, shards = registry.len(), pd_member = pd.is_some(), "node started");
+        };
+        let pd_member = registry.get(PD_SHARD).is_some();
+        tracing::info!(node = id.0, %addr, shards = registry.len(), pd_member, "node started");
 
         let kv = Kv {
             registry: registry.clone(),
@@ -359,9 +373,7 @@ impl Node {
         let kill = CancellationToken::new();
         let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone(), kill.clone());
         let mut background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
-        if let Some(pd) = &pd {
-            background.push(pd.spawn(cancel.clone()));
-        }
+        background.push(pd.spawn(cancel.clone()));
         background.push(crate::pd::agent::spawn(
             shared.clone(),
             pd_client,

@@ -5,7 +5,7 @@
 use cairn_proto::{AdminRequest, ClusterSettings, NodeId, OperatorKind, ReplicaRole, ShardId};
 
 use crate::decide::{PdError, validate_settings};
-use crate::model::{AdminState, NodeRecord, OperatorRecord, PdState, Writes};
+use crate::model::{AdminState, NodeRecord, OperatorRecord, PD_SHARD, PdState, Writes};
 use crate::observed::Observed;
 use crate::operator::new_operator;
 
@@ -97,7 +97,7 @@ pub fn create_operator(
     now_ms: u64,
 ) -> Result<(OperatorRecord, Writes), PdError> {
     let settings = state.settings();
-    let record = state.shards.get(&shard).ok_or(PdError::UnknownShard(shard))?;
+    let record = state.shard(shard).ok_or(PdError::UnknownShard(shard))?;
     if let Some(op) = state.operators.get(&shard) {
         return Err(PdError::Busy(format!("shard {shard} already has operator {} ({})", op.id, op.kind)));
     }
@@ -160,7 +160,7 @@ pub fn create_operator(
 
 /// Drains, re-activates or removes a node.
 pub fn set_node_state(state: &PdState, node: NodeId, to: AdminRequest, now_ms: u64) -> Result<Writes, PdError> {
-    let c = state.cluster.as_ref().ok_or(PdError::NotBootstrapped)?;
+    state.cluster.as_ref().ok_or(PdError::NotBootstrapped)?;
     let record = state.nodes.get(&node).ok_or(PdError::UnknownNode(node))?;
     let admin = match to {
         AdminRequest::Active => AdminState::Active,
@@ -180,9 +180,12 @@ pub fn set_node_state(state: &PdState, node: NodeId, to: AdminRequest, now_ms: u
                 "node {node} still holds {holds} replica(s); drain it first (cairnctl node drain {node})"
             )));
         }
-        if c.pd_members.iter().any(|(id, _)| *id == node) {
+        if state.shard(PD_SHARD).is_some_and(|s| s.descriptor.replicas.iter().any(|r| r.node == node))
+            || (state.pd_shard.is_none() && state.pd_members().contains(&node))
+        {
             return Err(PdError::Refused(format!(
-                "node {node} is a placement driver member; PD membership cannot be changed yet"
+                "node {node} still holds a replica of the placement driver (shard 0); \
+                 drain it first (cairnctl node drain {node})"
             )));
         }
         if state.operators.values().any(|o| crate::operator::involved(&o.kind).contains(&node)) {

@@ -9,7 +9,7 @@ use cairn_proto::{
     display_replicas,
 };
 
-use crate::model::{AdminState, ClusterRecord, NodeRecord, PdState, ShardRecord, Writes};
+use crate::model::{AdminState, ClusterRecord, NodeRecord, PD_SHARD, PdState, ShardRecord, Writes};
 use crate::observed::Observed;
 
 /// The most node commands one heartbeat answer carries; the rest follow with
@@ -199,17 +199,19 @@ pub fn heartbeat(
     }
     // Reports of shards the PD does not know (stale, or made up) are dropped, so
     // the observed state stays bounded by the shard map.
-    let known = |shard: ShardId| state.shards.contains_key(&shard);
+    let known = |shard: ShardId| state.knows_shard(shard);
     let full_report_wanted = !hb.full && !observed.has_reported(hb.node);
     let mut membership_changed = Vec::new();
     for r in hb.replicas.iter().filter(|r| known(r.shard) && r.role == RaftRole::Leader && !r.replicas.is_empty()) {
-        if let Some(record) = state.shards.get(&r.shard)
+        if let Some(record) = state.shard(r.shard)
             && let Some(adopted) = adopt_membership(record, r)
         {
             membership_changed.push(adopted);
         }
     }
-    let leader_changed = observed.record(hb, known, now_ms);
+    let mut leader_changed = observed.record(hb, known, now_ms);
+    // The PD's own shard is not in the shard map clients route with.
+    leader_changed.retain(|s| *s != PD_SHARD);
     let mut outcome = HeartbeatOutcome { leader_changed, full_report_wanted, ..Default::default() };
     for shard in state.shards.values().filter(|s| s.creating) {
         let d = &shard.descriptor;
@@ -234,6 +236,24 @@ pub fn heartbeat(
         outcome.writes.shards.push(record);
     }
     Ok(outcome)
+}
+
+/// Records shard 0's descriptor as the PD leader's own replica has it, when
+/// the PD has no record of it yet (clusters bootstrapped before RFC 004, and
+/// the first leader of a new one) or it is newer than the record.
+pub fn record_pd_shard(state: &PdState, local: &ShardDescriptor, now_ms: u64) -> Option<Writes> {
+    if local.id != PD_SHARD || local.epoch.conf_ver == 0 {
+        return None;
+    }
+    let stale = state.pd_shard.as_ref().is_none_or(|r| r.descriptor.epoch.conf_ver < local.epoch.conf_ver);
+    if !stale {
+        return None;
+    }
+    let mut writes = Writes::default();
+    writes.shards.push(ShardRecord { descriptor: local.clone(), creating: false });
+    let members = display_replicas(&local.replicas);
+    writes.event(state, now_ms, format!("PD members {members} at {}", local.epoch));
+    Some(writes)
 }
 
 /// The shard record after a membership change its leader reports: the group's
@@ -355,8 +375,7 @@ pub fn cluster_status(
         })
         .collect();
     let counts = state.replica_counts();
-    let pd_ids: Vec<NodeId> =
-        state.cluster.as_ref().map(|c| c.pd_members.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
+    let pd_ids = state.pd_members();
     let nodes: Vec<NodeInfo> = state
         .nodes
         .values()

@@ -3,7 +3,8 @@
 //! Keys (values are JSON of the records below):
 //! - `pd/cluster` -> [`ClusterRecord`]
 //! - `pd/node/<id, 20 digits>` -> [`NodeRecord`]
-//! - `pd/shard/<id, 20 digits>` -> [`ShardRecord`]
+//! - `pd/shard/<id, 20 digits>` -> [`ShardRecord`] (shard 0 is the PD's own
+//!   group, kept apart in [`PdState::pd_shard`]: never routed to, never balanced)
 //! - `pd/event/<seq, 20 digits>` -> [`EventRecord`] (the last [`EVENTS_KEPT`])
 //! - `pd/op/<shard id, 20 digits>` -> [`OperatorRecord`] (at most one per shard,
 //!   deleted when it finishes)
@@ -19,6 +20,9 @@ const NODE_PREFIX: &str = "pd/node/";
 const SHARD_PREFIX: &str = "pd/shard/";
 const EVENT_PREFIX: &str = "pd/event/";
 const OPERATOR_PREFIX: &str = "pd/op/";
+
+/// The PD's own shard (RFC 004): its replicas are the PD members.
+pub const PD_SHARD: ShardId = ShardId(0);
 
 /// Events kept in the PD's bounded event log.
 pub const EVENTS_KEPT: usize = 256;
@@ -44,7 +48,8 @@ pub fn operator_key(shard: ShardId) -> Vec<u8> {
 pub struct ClusterRecord {
     pub cluster_id: u64,
     pub created_at_ms: u64,
-    /// The PD members (the voters of shard 0) as bootstrapped.
+    /// The PD members (the voters of shard 0) as bootstrapped; the current ones
+    /// are [`PdState::pd_members`].
     pub pd_members: Vec<(NodeId, String)>,
     pub next_node_id: u64,
     pub next_shard_id: u64,
@@ -119,7 +124,11 @@ pub struct EventRecord {
 pub struct PdState {
     pub cluster: Option<ClusterRecord>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The data shards (never [`PD_SHARD`]).
     pub shards: BTreeMap<ShardId, ShardRecord>,
+    /// Shard 0, the PD's own group, as its leader last reported it (`None`
+    /// until the first PD leader that knows about it records it).
+    pub pd_shard: Option<ShardRecord>,
     pub events: VecDeque<EventRecord>,
     pub operators: BTreeMap<ShardId, OperatorRecord>,
     pub versions: BTreeMap<Vec<u8>, u64>,
@@ -157,7 +166,7 @@ impl PdState {
                 if shard_key(r.descriptor.id) != key {
                     return Err(bad(format!("holds shard {}", r.descriptor.id)));
                 }
-                state.shards.insert(r.descriptor.id, r);
+                state.insert_shard(r);
             } else if text.starts_with(EVENT_PREFIX) {
                 state.events.push_back(parse(value).map_err(bad)?);
             } else if text.starts_with(OPERATOR_PREFIX) {
@@ -186,8 +195,8 @@ impl PdState {
             self.versions.insert(node_key(n.id), version);
         }
         for s in &writes.shards {
-            self.shards.insert(s.descriptor.id, s.clone());
             self.versions.insert(shard_key(s.descriptor.id), version);
+            self.insert_shard(s.clone());
         }
         for e in &writes.events {
             self.events.push_back(e.clone());
@@ -206,6 +215,33 @@ impl PdState {
             if let Some(e) = self.events.pop_front() {
                 self.versions.remove(&event_key(e.seq));
             }
+        }
+    }
+
+    fn insert_shard(&mut self, record: ShardRecord) {
+        if record.descriptor.id == PD_SHARD {
+            self.pd_shard = Some(record);
+        } else {
+            self.shards.insert(record.descriptor.id, record);
+        }
+    }
+
+    /// Any shard's record, the PD's own included.
+    pub fn shard(&self, id: ShardId) -> Option<&ShardRecord> {
+        if id == PD_SHARD { self.pd_shard.as_ref() } else { self.shards.get(&id) }
+    }
+
+    /// Whether `id` is a shard this PD knows (data shards and the PD's own).
+    pub fn knows_shard(&self, id: ShardId) -> bool {
+        self.shard(id).is_some()
+    }
+
+    /// The current PD members: shard 0's replicas as last reported, else the
+    /// members the cluster was bootstrapped with.
+    pub fn pd_members(&self) -> Vec<NodeId> {
+        match &self.pd_shard {
+            Some(r) => r.descriptor.replicas.iter().filter(|r| r.role == ReplicaRole::Voter).map(|r| r.node).collect(),
+            None => self.cluster.as_ref().map(|c| c.pd_members.iter().map(|(id, _)| *id).collect()).unwrap_or_default(),
         }
     }
 

@@ -155,7 +155,7 @@ pub fn promoted(op: &OperatorRecord, shard: &ShardRecord) -> bool {
 
 /// The next step of `op` on `shard`.
 pub fn step(state: &PdState, observed: &Observed, op: &OperatorRecord, now_ms: u64) -> Step {
-    let Some(shard) = state.shards.get(&op.shard) else {
+    let Some(shard) = state.shard(op.shard) else {
         return Step::Finished(Outcome::Abandoned(format!("shard {} no longer exists", op.shard)));
     };
     let d = &shard.descriptor;
@@ -313,7 +313,7 @@ pub fn advance(state: &PdState, observed: &Observed, now_ms: u64) -> (Writes, Ve
             }
             _ if op.rollback.is_some() => {}
             _ => {
-                let Some(shard) = state.shards.get(&op.shard) else { continue };
+                let Some(shard) = state.shard(op.shard) else { continue };
                 if promoted(op, shard) {
                     continue;
                 }
@@ -374,7 +374,7 @@ pub fn commands_for(state: &PdState, observed: &Observed, node: NodeId, now_ms: 
     }
     if let Some(hosted) = observed.nodes.get(&node).map(|n| &n.hosted) {
         for shard in hosted {
-            let Some(record) = state.shards.get(shard) else { continue };
+            let Some(record) = state.shard(*shard) else { continue };
             let d = &record.descriptor;
             if record.creating || d.replicas.iter().any(|r| r.node == node) {
                 continue;

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cairn_proto::{NodeBalance, NodeId, OperatorKind, RebalanceStatus, ReplicaRole, ShardId};
 
 use crate::decide::node_state;
-use crate::model::{AdminState, OperatorRecord, PdState, Writes};
+use crate::model::{AdminState, OperatorRecord, PD_SHARD, PdState, Writes};
 use crate::observed::Observed;
 use crate::operator::{incoming, involved, new_operator, outgoing};
 
@@ -85,6 +85,30 @@ impl<'a> View<'a> {
             view.count.insert(n.id, 0);
             view.bytes.insert(n.id, 0);
             view.leaders.insert(n.id, 0);
+        }
+        // The PD's own shard is repaired and drained like the others, but its
+        // replicas and leadership are not balanced: it only needs to know
+        // where the shard is, who leads it and what is in flight.
+        if let Some(s) = &state.pd_shard {
+            let d = &s.descriptor;
+            let mut hosts: BTreeSet<NodeId> = d.replicas.iter().map(|r| r.node).collect();
+            if let Some(op) = state.operators.get(&d.id) {
+                view.busy.insert(d.id);
+                if op.rollback.is_none() {
+                    hosts.extend(incoming(&op.kind));
+                    if let Some(from) = outgoing(&op.kind) {
+                        hosts.remove(&from);
+                    }
+                }
+                for n in involved(&op.kind) {
+                    *view.moves.entry(n).or_default() += 1;
+                }
+            }
+            view.hosts.insert(d.id, hosts);
+            let obs = observed.shards.get(&d.id);
+            if let Some(l) = obs.and_then(|o| o.leader).filter(|l| d.replicas.iter().any(|r| r.node == *l)) {
+                view.leader.insert(d.id, l);
+            }
         }
         for s in state.shards.values() {
             let d = &s.descriptor;
@@ -192,11 +216,13 @@ fn plan_all(state: &PdState, observed: &Observed, now_ms: u64, max_operators: us
 
     // Shards in key order; each rule considers only shards without an operator.
     let shards: Vec<_> = state.shards.values().filter(|s| !s.creating).collect();
+    // The PD's own shard first: repair, drain and stray learners only.
+    let with_pd: Vec<_> = state.pd_shard.iter().chain(shards.iter().copied()).collect();
 
     // 1. Repair, 3. drain: replicas on gone or draining nodes move off.
     let (gone, draining) = (view.gone.clone(), view.draining.clone());
     for (nodes, reason) in [(&gone, "repair"), (&draining, "drain")] {
-        for s in &shards {
+        for s in &with_pd {
             let d = &s.descriptor;
             if full(&view) || view.busy.contains(&d.id) || !view.leader.contains_key(&d.id) {
                 continue;
@@ -221,8 +247,9 @@ fn plan_all(state: &PdState, observed: &Observed, now_ms: u64, max_operators: us
         }
     }
 
-    // 2. Replication factor and stray learners.
-    for s in &shards {
+    // 2. Replication factor (data shards; the PD keeps its member count) and
+    // stray learners.
+    for s in &with_pd {
         let d = &s.descriptor;
         if full(&view) || view.busy.contains(&d.id) || !view.leader.contains_key(&d.id) {
             continue;
@@ -231,6 +258,8 @@ fn plan_all(state: &PdState, observed: &Observed, now_ms: u64, max_operators: us
         let learner = d.replicas.iter().find(|r| r.role == ReplicaRole::Learner).map(|r| r.node);
         let kind = if let Some(from) = learner {
             Some(OperatorKind::RemoveReplica { from })
+        } else if d.id == PD_SHARD {
+            None
         } else if voters.len() < rf {
             view.best_target(d.id, max_moves).map(|to| OperatorKind::AddReplica { to })
         } else if voters.len() > rf {
@@ -257,7 +286,7 @@ fn plan_all(state: &PdState, observed: &Observed, now_ms: u64, max_operators: us
     }
 
     // 5. Leader balance.
-    let led: i64 = view.leader.len() as i64;
+    let led: i64 = view.leaders.values().sum();
     let nodes = view.eligible.len() as i64;
     if nodes > 0 {
         let share = (led + nodes - 1) / nodes;
@@ -424,6 +453,7 @@ pub fn rebalance_status(state: &PdState, observed: &Observed, now_ms: u64) -> Re
     let misplaced = state
         .shards
         .values()
+        .chain(state.pd_shard.iter())
         .flat_map(|s| s.descriptor.replicas.iter())
         .filter(|r| view.gone.contains(&r.node) || view.draining.contains(&r.node))
         .count() as u64;

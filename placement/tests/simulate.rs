@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_placement::model::{AdminState, ClusterRecord, NodeRecord, PdState, ShardRecord, Writes};
+use cairn_placement::model::{AdminState, ClusterRecord, NodeRecord, PD_SHARD, PdState, ShardRecord, Writes};
 use cairn_placement::{Observed, admin, decide, operator, schedule};
 use cairn_proto::{
     AdminRequest, ClusterSettings, Epoch, Heartbeat, KeyRange, NodeCommand, NodeId, NodeStats, OperatorKind,
@@ -166,6 +166,36 @@ impl Sim {
         sim.state = state;
         sim.version = 1;
         sim
+    }
+
+    /// Adds the PD's own shard 0 on nodes 1-3, led by node 1, as the PD
+    /// leader records it from its replica ([`decide::record_pd_shard`]).
+    fn with_pd(mut self) -> Self {
+        let voters: BTreeSet<NodeId> = (1..=3).map(NodeId).collect();
+        let group = Group {
+            voters: voters.clone(),
+            learners: BTreeSet::new(),
+            joint: None,
+            conf_ver: 1,
+            leader: Some(NodeId(1)),
+            term: 1,
+            last_log: 100,
+            size: 500,
+        };
+        for v in &voters {
+            self.hosted.get_mut(v).unwrap().insert(PD_SHARD, 100);
+        }
+        let descriptor = ShardDescriptor {
+            id: PD_SHARD,
+            range: KeyRange::full(),
+            epoch: Epoch { conf_ver: 1, version: 1 },
+            replicas: group.replicas(),
+        };
+        let w = decide::record_pd_shard(&self.state, &descriptor, self.now).expect("no PD shard recorded yet");
+        self.commit(w);
+        assert!(decide::record_pd_shard(&self.state, &descriptor, self.now).is_none(), "recorded once");
+        self.groups.insert(PD_SHARD, group);
+        self
     }
 
     fn commit(&mut self, w: Writes) {
@@ -428,7 +458,9 @@ impl Sim {
     }
 
     fn counts(&self, nodes: &[NodeId]) -> Vec<usize> {
-        nodes.iter().map(|n| self.groups.values().filter(|g| g.members().contains(n)).count()).collect()
+        // Data replicas only: the PD's shard is not balanced.
+        let data = || self.groups.iter().filter(|(id, _)| **id != PD_SHARD).map(|(_, g)| g);
+        nodes.iter().map(|n| data().filter(|g| g.members().contains(n)).count()).collect()
     }
 
     /// Converged: nothing in flight, every shard at the replication factor on
@@ -442,10 +474,11 @@ impl Sim {
             .collect();
         let counts = self.counts(&live);
         let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
-        let shards_ok = self.groups.values().all(|g| {
+        // The PD keeps its three members whatever the replication factor.
+        let shards_ok = self.groups.iter().all(|(id, g)| {
             g.joint.is_none()
                 && g.learners.is_empty()
-                && g.voters.len() == rf
+                && g.voters.len() == if *id == PD_SHARD { 3 } else { rf }
                 && g.voters.iter().all(|v| live.contains(v))
         });
         let no_strays = self
@@ -458,7 +491,7 @@ impl Sim {
     /// The PD's own records agree with the groups.
     fn assert_pd_follows(&self) {
         for (shard, g) in &self.groups {
-            let d = &self.state.shards[shard].descriptor;
+            let d = &self.state.shard(*shard).expect("the PD knows every shard").descriptor;
             assert_eq!(d.epoch.conf_ver, g.conf_ver, "shard {shard}");
             assert_eq!(d.replicas, g.replicas(), "shard {shard}");
         }
@@ -535,6 +568,64 @@ fn drain_empties_a_node_then_remove_succeeds() {
     let w = admin::set_node_state(&sim.state, NodeId(2), AdminRequest::Removed, sim.now).unwrap();
     sim.commit(w);
     assert_eq!(sim.state.nodes[&NodeId(2)].admin, AdminState::Removed);
+}
+
+/// RFC 004: the PD's own shard is drained and repaired like the others (a
+/// member that leads it hands the leadership over first), keeps three voters
+/// whatever the replication factor, and a node is removable only once it holds
+/// no replica of it.
+#[test]
+fn the_pd_shard_is_drained_and_repaired_but_keeps_its_size() {
+    let mut sim = Sim::new(5, 8, settings(), 5).with_pd();
+    sim.run_until("initially balanced", 3_000, |s| s.converged(3));
+    let pd = |s: &Sim| s.groups[&PD_SHARD].clone();
+    // Drain the PD leader: leadership moves, then its replica.
+    let leader = pd(&sim).leader.unwrap();
+    let w = admin::set_node_state(&sim.state, leader, AdminRequest::Draining, sim.now).unwrap();
+    sim.commit(w);
+    sim.run_until("the PD drained", 3_000, |s| {
+        !pd(s).members().contains(&leader) && !s.hosted[&leader].contains_key(&PD_SHARD)
+    });
+    sim.run_until("drained", 3_000, |s| s.hosted[&leader].is_empty() && s.state.operators.is_empty());
+    assert!(sim.commands_seen.contains("transfer-leader"));
+    assert_eq!(pd(&sim).voters.len(), 3);
+    assert_eq!(sim.state.pd_members().len(), 3);
+    assert!(!sim.state.pd_members().contains(&leader));
+    let w = admin::set_node_state(&sim.state, leader, AdminRequest::Removed, sim.now).unwrap();
+    sim.commit(w);
+    sim.assert_pd_follows();
+
+    // A PD member dies for good: repaired onto the one node left.
+    let member = *pd(&sim).voters.iter().find(|n| pd(&sim).leader != Some(**n)).unwrap();
+    sim.alive.insert(member, false);
+    sim.run_until("the PD repaired", 3_000, |s| {
+        let g = pd(s);
+        g.voters.len() == 3 && g.voters.iter().all(|v| s.alive[v]) && g.joint.is_none()
+    });
+    sim.run_until("every shard repaired", 3_000, |s| {
+        s.groups.values().all(|g| !g.members().contains(&member)) && s.state.operators.is_empty()
+    });
+    let err = admin::set_node_state(&sim.state, member, AdminRequest::Removed, sim.now);
+    assert!(err.is_ok(), "a dead node no longer listed anywhere is removable: {err:?}");
+    sim.commit(err.unwrap());
+
+    // Three live nodes, replication factor 3: everything fits, the PD included.
+    sim.run_until("converged", 3_000, |s| s.converged(3));
+    sim.assert_pd_follows();
+}
+
+#[test]
+fn the_pd_shard_refuses_removal_while_hosted() {
+    let mut sim = Sim::new(4, 4, settings(), 6).with_pd();
+    sim.run_until("initially balanced", 3_000, |s| s.converged(3));
+    let member = *sim.groups[&PD_SHARD].voters.iter().next().unwrap();
+    let err = admin::set_node_state(&sim.state, member, AdminRequest::Removed, sim.now).unwrap_err();
+    assert!(err.to_string().contains("drain it first"), "{err}");
+    // A replication factor of 4 changes the data shards, not the PD.
+    let w = admin::set_setting(&sim.state, "replication-factor", "4", sim.now).unwrap();
+    sim.commit(w);
+    sim.run_until("four voters each", 3_000, |s| s.converged(4));
+    assert_eq!(sim.groups[&PD_SHARD].voters.len(), 3);
 }
 
 #[test]

@@ -902,13 +902,9 @@ pub struct OperatorRequest {
 }
 
 impl OperatorRequest {
-    /// Not the PD's own shard (0), and a well-formed kind.
+    /// A well-formed kind. Shard 0 (the PD's own) takes operators too: its
+    /// replicas move like any other's (RFC 004).
     pub fn validate(&self) -> Result<(), ApiError> {
-        if self.shard == ShardId(0) {
-            return Err(ApiError::InvalidArgument(
-                "shard 0 is the placement driver's own shard and takes no operators".into(),
-            ));
-        }
         validate_operator_kind(&self.kind)
     }
 }
@@ -1357,7 +1353,7 @@ mod tests {
         use pb::operator_kind::Kind;
         let transfer = |to| Some(Kind::TransferLeader(pb::TransferLeaderOperator { to_node_id: to }));
         assert!(op(3, transfer(2)).is_ok());
-        assert!(invalid(op(0, transfer(2))), "the PD's own shard");
+        assert!(op(0, transfer(2)).is_ok(), "the PD's own shard moves too");
         assert!(invalid(op(3, transfer(0))), "node 0");
         assert!(invalid(op(3, None)), "no kind");
         let same = Some(Kind::MoveReplica(pb::MoveReplicaOperator { from_node_id: 2, to_node_id: 2 }));

@@ -16,7 +16,7 @@ fn pd_at(addr: &str) -> PdClient {
 
 /// The index of the node leading the PD group.
 fn pd_leader(cluster: &TestCluster) -> Option<usize> {
-    (0..cluster.len()).find(|i| cluster.node(*i).and_then(|n| n.shared.pd.as_ref()).is_some_and(|pd| pd.is_leader()))
+    (0..cluster.len()).find(|i| cluster.node(*i).is_some_and(|n| n.shared.pd.is_leader()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

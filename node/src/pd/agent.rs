@@ -70,7 +70,8 @@ impl Reporter {
     /// The heartbeat to send now and the reports it stands for.
     fn build(&self, node: &NodeShared, cluster_id: u64) -> (Heartbeat, HashMap<ShardId, ReplicaReport>) {
         let mut current = HashMap::new();
-        for r in node.registry.all().iter().filter(|r| r.shard() != PD_SHARD) {
+        // Shard 0 too: the PD moves its own replicas like any other (RFC 004).
+        for r in node.registry.all().iter() {
             let st = r.group.status();
             let shard = r.shard();
             // Sizes come from the leader only; unchanged applied index, unchanged size.
@@ -383,7 +384,8 @@ pub enum Outcome {
 /// Why a command was not executed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Skip {
-    /// The PD's own shard 0, which commands do not create, move or destroy.
+    /// `CreateReplica` of the PD's own shard 0, which only bootstrap creates
+    /// (new PD members join it).
     PdShard,
     /// The command's descriptor does not list this node.
     NotAMember,
@@ -569,7 +571,7 @@ async fn create(
     initialise: bool,
 ) -> Result<Outcome, CommandError> {
     let shard = descriptor.id;
-    if shard == PD_SHARD {
+    if shard == PD_SHARD && initialise {
         return Ok(Outcome::Skipped(Skip::PdShard));
     }
     if !descriptor.replicas.iter().any(|r| r.node == node.id) {
@@ -600,9 +602,6 @@ async fn destroy(
     shard: ShardId,
     conf_ver: u64,
 ) -> Result<Outcome, CommandError> {
-    if shard == PD_SHARD {
-        return Ok(Outcome::Skipped(Skip::PdShard));
-    }
     let Some(replica) = node.registry.get(shard) else {
         // Destroyed before (a re-sent command) if its tombstone covers this one.
         return Ok(match node.storage.tombstone(shard)? {

@@ -1,4 +1,5 @@
-//! The placement driver's runtime on a PD member: the decisions are pure
+//! The placement driver's runtime, on every node, acting while the node hosts
+//! a replica of shard 0 (a PD member, RFC 004): the decisions are pure
 //! functions in `cairn-placement`; this module loads the PD state from shard 0
 //! (the PD's own Raft group, hosted by the PD members), runs the decisions on
 //! the PD group's leader, commits their writes as one `Txn` each, and streams
@@ -31,8 +32,8 @@ use crate::command::{CommandResponse, KvWrite, ShardCommand, TxnOp};
 use crate::shard::{Registry, Replica};
 use crate::storage::Storage;
 
-/// The PD's own shard: never routed to by clients, never moved.
-pub const PD_SHARD: ShardId = ShardId(0);
+/// The PD's own shard: never routed to by clients; moved only by repair and drain.
+pub use cairn_placement::model::PD_SHARD;
 /// Shard-map events kept for watchers that resume.
 const WATCH_RING: usize = 1024;
 /// How often the PD leader looks for work of its own (initial shards).
@@ -127,6 +128,11 @@ impl PdRuntime {
         (id != self.node && !addr.is_empty()).then_some((id, addr))
     }
 
+    /// Whether this node hosts a replica of shard 0 now (a PD member).
+    pub fn is_member(&self) -> bool {
+        self.registry.get(PD_SHARD).is_some()
+    }
+
     /// Whether this member currently leads the PD group.
     pub fn is_leader(&self) -> bool {
         self.group().map(|r| r.group.is_leader()).unwrap_or(false)
@@ -163,6 +169,11 @@ impl PdRuntime {
         };
         if leader.state.cluster.is_none() {
             let b = &self.bootstrap;
+            if b.members.is_empty() {
+                // A node that joined the PD of a cluster whose state it has
+                // not received yet: it cannot be the first leader.
+                return Err(ApiError::Unavailable("the PD state is not bootstrapped on this member".into()));
+            }
             let cluster_id = rand::random::<u64>() >> 1 | 1;
             let writes = placement::bootstrap(cluster_id, now_ms(), &b.members, b.initial_shards, b.settings.clone())
                 .map_err(pd_error)?;
@@ -232,8 +243,9 @@ impl PdRuntime {
         for e in &writes.events {
             tracing::info!(seq = e.seq, "PD event: {}", e.message);
         }
-        if !writes.shards.is_empty() {
-            let ids: Vec<ShardId> = writes.shards.iter().map(|s| s.descriptor.id).collect();
+        // The shard map clients route with holds the data shards only.
+        let ids: Vec<ShardId> = writes.shards.iter().map(|s| s.descriptor.id).filter(|id| *id != PD_SHARD).collect();
+        if !ids.is_empty() {
             publish(leader, &ids);
         }
         Ok(version)
@@ -242,9 +254,15 @@ impl PdRuntime {
     /// The leader's periodic work: initial shards, then operators (finish,
     /// roll back), then the scheduler.
     async fn tick(&self) -> Result<(), ApiError> {
+        if !self.is_member() {
+            return Ok(());
+        }
         let mut guard = self.lead().await?;
         let leader = guard.as_mut().expect("lead() returns a loaded leader");
         let replica = self.group()?;
+        if let Some(writes) = placement::record_pd_shard(&leader.state, &replica.descriptor(), now_ms()) {
+            self.commit(&replica, leader, writes).await?;
+        }
         if let Some(writes) = placement::create_initial_shards(&leader.state, &leader.observed, now_ms()) {
             self.commit(&replica, leader, writes).await?;
         }

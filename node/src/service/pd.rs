@@ -2,9 +2,10 @@
 //!
 //! The PD leader answers from its runtime ([`crate::pd::PdRuntime`]). A PD
 //! follower forwards to the leader it knows, marking the request as forwarded;
-//! a node that is not a PD member forwards through its own PD client (with
-//! failover over the PD endpoints it was started with). So any node's address
-//! works as a PD endpoint for clients.
+//! a node that is not a PD member (hosts no replica of shard 0 right now)
+//! forwards through its own PD client (with failover over the PD endpoints it
+//! was started with, itself excluded). So any node's address works as a PD
+//! endpoint for clients, and membership can change under them (RFC 004).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -50,12 +51,13 @@ impl PdService {
 
     fn upstream<T>(&self, request: &Request<T>) -> Result<Upstream, Status> {
         let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
-        let Some(pd) = &self.node.pd else {
+        let pd = &self.node.pd;
+        if !pd.is_member() {
             if forwarded {
                 return Err(ApiError::Unavailable(format!("node {} is not a PD member", self.node.id)).to_status());
             }
             return Ok(Upstream::Remote(self.node.pd_client.clone()));
-        };
+        }
         if pd.is_leader() {
             return Ok(Upstream::Local(pd.clone()));
         }

@@ -1,11 +1,9 @@
 //! Drain (issue 4): `cairnctl node drain 2` on a loaded cluster empties node 2;
 //! `cairnctl node remove 2` then succeeds.
 //!
-//! In the playground node 2 is a PD member, and the PD's membership is fixed at
-//! bootstrap (RFC 003): draining moves its data replicas, and `node remove`
-//! refuses it. So the step is run exactly as written and what `remove` says is
-//! reported (the check is that it refuses with a clear message), and then the
-//! same on node 4, a node that joined, whose removal must succeed.
+//! In the playground node 2 is a PD member: draining moves its data replicas
+//! and its replica of the PD's own shard 0 to a joined node (RFC 004), after
+//! which `node remove 2` succeeds. Then the same on node 4, a node that joined.
 
 use std::path::PathBuf;
 
@@ -42,41 +40,22 @@ pub async fn run(opts: Options, bins: Binaries, dir: PathBuf) -> anyhow::Result<
     let clients = env.start_clients().await?;
     let mut transcript = Vec::new();
 
-    // Node 2, a PD member: drain empties it, remove is refused.
-    let drained = drain(&mut env, &mut events, &clients, PD_MEMBER, &mut summary, &mut transcript).await;
-    let remove = env.ctl.run(&["node", "remove", &PD_MEMBER.to_string()]).await?;
-    transcript.push(format!("$ {}  -> exit {:?}", remove.command, remove.code));
-    transcript.extend(remove.stdout.lines().chain(remove.stderr.lines()).map(|l| format!("    {l}")));
-    let says_why = remove.stderr.contains("PD") || remove.stderr.to_lowercase().contains("placement driver");
-    if drained {
-        summary.check(
-            &format!("`cairnctl node remove {PD_MEMBER}` (a PD member) is refused with a clear message"),
-            !remove.success() && says_why,
-            if remove.success() {
-                format!("it succeeded: {}", remove.stdout.trim())
-            } else {
-                format!("exit {:?}: {}", remove.code, remove.stderr)
-            },
-        );
-        summary.observe(
-            &format!("issue 4 as written: `cairnctl node remove {PD_MEMBER}` then succeeds"),
-            remove.success(),
-            "not for a PD member: PD membership is fixed at bootstrap (RFC 003, README)",
-        );
-    }
-
-    // Node 4, not a PD member: drain empties it, remove succeeds.
-    let drained = drain(&mut env, &mut events, &clients, joined, &mut summary, &mut transcript).await;
-    let remove = env.ctl.run(&["node", "remove", &joined.to_string()]).await?;
-    transcript.push(format!("$ {}  -> exit {:?}", remove.command, remove.code));
-    transcript.extend(remove.stdout.lines().chain(remove.stderr.lines()).map(|l| format!("    {l}")));
-    if drained {
-        let state = serde_json::from_str::<NodeJson>(&remove.stdout).map(|n| n.state).unwrap_or_default();
-        summary.check(
-            &format!("`cairnctl node remove {joined}` (not a PD member) then succeeds"),
-            remove.success() && state == "removed",
-            format!("exit {:?}, state {state:?} {}", remove.code, remove.stderr),
-        );
+    // Node 2, a PD member: drain moves its data replicas and its replica of
+    // the PD's shard 0 (RFC 004), then remove succeeds. Then node 4, a node
+    // that joined (and may have become a PD member in node 2's place).
+    for node in [PD_MEMBER, joined] {
+        let drained = drain(&mut env, &mut events, &clients, node, &mut summary, &mut transcript).await;
+        let remove = env.ctl.run(&["node", "remove", &node.to_string()]).await?;
+        transcript.push(format!("$ {}  -> exit {:?}", remove.command, remove.code));
+        transcript.extend(remove.stdout.lines().chain(remove.stderr.lines()).map(|l| format!("    {l}")));
+        if drained {
+            let state = serde_json::from_str::<NodeJson>(&remove.stdout).map(|n| n.state).unwrap_or_default();
+            summary.check(
+                &format!("`cairnctl node remove {node}` then succeeds"),
+                remove.success() && state == "removed",
+                format!("exit {:?}, state {state:?} {}", remove.code, remove.stderr),
+            );
+        }
     }
     let nodes = env.ctl.nodes().await?;
     transcript.push("$ cairnctl nodes (after)".into());
@@ -116,8 +95,8 @@ pub async fn run(opts: Options, bins: Binaries, dir: PathBuf) -> anyhow::Result<
         if let Some(db) = dbs.iter().find(|d| d.node == node) {
             let rows: u64 = db.records.values().map(|r| r.rows).sum::<u64>() + db.orphan_rows;
             summary.check(
-                &format!("node {node}'s database holds no data replica and no document"),
-                db.records.is_empty() && rows == 0,
+                &format!("node {node}'s database holds no replica (PD's included) and no document"),
+                db.records.is_empty() && rows == 0 && db.pd_rows == 0,
                 format!(
                     "{} replica records, {rows} document rows, {} tombstones; PD records (shard 0): {} rows",
                     db.records.len(),
@@ -158,7 +137,8 @@ async fn drain(
     let watched = env
         .watch(&format!("drain {node}"), events, Some(clients), env.opts.timeout, |s| {
             let n = s.node(node)?;
-            (s.shards_on(node) == 0 && n.replicas == 0 && n.leaders == 0 && s.operators.is_empty()).then_some(())
+            let empty = s.shards_on(node) == 0 && n.replicas == 0 && n.leaders == 0 && !n.pd_member;
+            (empty && s.operators.is_empty()).then_some(())
         })
         .await;
     match watched {
