@@ -238,6 +238,41 @@ async fn a_write_retried_after_unavailable_keeps_its_session_seq() {
 }
 
 #[tokio::test]
+async fn a_hint_naming_a_node_that_just_failed_is_not_followed_at_once() {
+    // Shard 1 = ["", m) on nodes 1-3, led by node 1 per the PD and per its followers.
+    // Node 1 dies; its followers keep naming it until, four requests later, the first
+    // live replica asked wins the election.
+    let cluster = start(Spec { nodes: 3, splits: vec![b"m"], pd_members: 1 }).await;
+    cluster.move_leader(1, 1);
+    let client = connect(&cluster).await;
+    cluster.kill_node(1);
+    cluster.elect_after(1, 4);
+    let since = cluster.received_count();
+
+    let result = client.put("a", "1").await;
+    let received = cluster.received_since(since);
+    assert!(received.iter().all(|r| r.shard == ShardId(1) && r.op == "put"), "{received:?}");
+    // (node, answer) of every attempt.
+    let attempts: Vec<_> = received.iter().map(|r| (r.node, r.routing_error)).collect();
+    let (dead, unavailable, not_leader) = (NodeId(1), Some(ErrorCode::Unavailable), Some(ErrorCode::NotLeader));
+    assert!(attempts.len() >= 3, "{attempts:?}");
+    // The cached leader is dead; a follower names it.
+    assert_eq!(attempts[0], (dead, unavailable), "{attempts:?}");
+    assert!(attempts[1].0 != dead && attempts[1].1 == not_leader, "{attempts:?}");
+    // That hint names the node that just failed: another replica is asked, not node 1.
+    assert!(attempts[2].0 != dead, "the hint to the node that just failed was followed at once: {attempts:?}");
+    assert_eq!(attempts[2].1, not_leader, "{attempts:?}");
+    assert_eq!(attempts.len(), 5, "{attempts:?}");
+    // A second hint to it is followed (the failure may have been passing); it is still
+    // dead, so a live replica is asked next, after the election: it leads now.
+    assert_eq!(attempts[3], (dead, unavailable), "{attempts:?}");
+    assert!(attempts[4].0 != dead && attempts[4].1.is_none(), "{attempts:?}");
+    result.expect("the put succeeds on the new leader");
+    assert_eq!(cluster.leader_of(ShardId(1)), attempts[4].0);
+    assert_eq!(client.get("a").await.unwrap().unwrap().value, b"1");
+}
+
+#[tokio::test]
 async fn gives_up_with_the_last_cause_when_attempts_or_time_run_out() {
     let cluster = start_cluster().await;
     let client = connect(&cluster).await;

@@ -79,6 +79,13 @@ pub struct State {
     pub sessions_seen: Vec<Session>,
     pub fail_before_apply: u32,
     pub fail_after_apply: u32,
+    /// Nodes that are down: they answer every request with UNAVAILABLE (their followers
+    /// still name them as leader until an election).
+    pub down: Vec<NodeId>,
+    /// Pending elections: shard -> Kv requests for it still answered under the current
+    /// leadership; after those, the first request for it that reaches a live node makes
+    /// that node the leader.
+    pub elections: HashMap<ShardId, usize>,
     // ---- placement driver
     pub revision: u64,
     /// Every published event, for replays to watchers that subscribe from a revision.
@@ -98,7 +105,7 @@ impl State {
     ) -> Result<ShardDescriptor, ApiError> {
         self.requests += 1;
         let route = Route::try_from(route)?;
-        let result = self.check(me, route, keys);
+        let result = self.answer(me, route, keys);
         self.received.push(Received {
             node: me,
             op,
@@ -107,6 +114,23 @@ impl State {
             routing_error: result.as_ref().err().map(ApiError::code),
         });
         result
+    }
+
+    /// Checks a request that reached `me`, after holding any election it completes.
+    fn answer(&mut self, me: NodeId, route: Route, keys: &[&[u8]]) -> Result<ShardDescriptor, ApiError> {
+        let up = !self.down.contains(&me);
+        if let Some(left) = self.elections.get_mut(&route.shard) {
+            if *left > 0 {
+                *left -= 1;
+            } else if up {
+                self.elections.remove(&route.shard);
+                self.leaders.insert(route.shard, me);
+            }
+        }
+        if !up {
+            return Err(ApiError::Unavailable(format!("mock node {} is down", me.0)));
+        }
+        self.check(me, route, keys)
     }
 
     fn check(&self, me: NodeId, route: Route, keys: &[&[u8]]) -> Result<ShardDescriptor, ApiError> {
@@ -330,6 +354,9 @@ impl Kv for MockNode {
 impl Admin for MockNode {
     async fn list_shards(&self, _: Request<pb::ListShardsRequest>) -> Result<Response<pb::ListShardsResponse>, Status> {
         let st = self.state.lock().unwrap();
+        if st.down.contains(&self.id) {
+            return Err(ApiError::Unavailable(format!("mock node {} is down", self.id.0)).to_status());
+        }
         let shards = st
             .shards
             .iter()
@@ -597,6 +624,20 @@ impl Cluster {
     /// Moves the leadership of `shard` to `node`. Not published.
     pub fn move_leader(&self, shard: u64, node: u64) {
         self.st().leaders.insert(ShardId(shard), NodeId(node));
+    }
+
+    /// Takes node `node` down: from now on it answers every request with UNAVAILABLE.
+    /// Leaderships do not move by themselves (see [`Cluster::elect_after`]).
+    pub fn kill_node(&self, node: u64) {
+        self.st().down.push(NodeId(node));
+    }
+
+    /// Holds an election in `shard`: the next `requests` Kv requests for it are answered
+    /// under the current leadership (followers keep naming the leader, even a dead one),
+    /// then the first one that reaches a live node makes that node the leader. Not
+    /// published.
+    pub fn elect_after(&self, shard: u64, requests: usize) {
+        self.st().elections.insert(ShardId(shard), requests);
     }
 
     /// Publishes the current routes of `shards` (and the removal of `removed`) as the next
