@@ -373,6 +373,7 @@ impl Node {
         let kill = CancellationToken::new();
         let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone(), kill.clone());
         let mut background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
+        background.push(crate::shard::snapshots::spawn(shared.clone(), &config.raft, cancel.clone()));
         background.push(pd.spawn(cancel.clone()));
         background.push(crate::pd::agent::spawn(
             shared.clone(),

@@ -50,6 +50,15 @@ async fn start() -> anyhow::Result<(TestCluster, PdClient, Client)> {
     for i in 0..120 {
         client.put(format!("tail-{i:03}"), r#"{"tail":true}"#).await?;
     }
+    // Snapshots are built by the node's once-a-second task: wait for the
+    // leader's, taken after the load, so a new replica must be sent it.
+    wait_until("the leader to snapshot the loaded shard", Duration::from_secs(30), || async {
+        let leader = *cluster.leaders().get(&SHARD)?;
+        let replica = cluster.running().find(|n| n.id() == leader)?.shared.registry.get(SHARD)?;
+        let applied = replica.group.status().applied_index;
+        (replica.group.snapshot_index() + 50 >= applied).then_some(())
+    })
+    .await?;
     pd.set_setting("snapshot-bytes-per-sec", "1MiB").await?;
     Ok((cluster, pd, client))
 }

@@ -233,10 +233,21 @@ async fn a_replica_moves_by_node_commands_and_stale_commands_are_refused() -> an
     }
     assert!(old.shared.registry.get(SHARD).is_none());
     assert!(old.shared.storage.shard_record(SHARD)?.is_none());
+    // The PD's shard moves too (RFC 004), by the same rules: a destroy computed
+    // from an older configuration than the replica's is refused; only
+    // bootstrap creates it.
+    let pd_conf_ver = old.shared.registry.get(ShardId(0)).expect("a PD member").conf_ver();
     assert_eq!(
-        exec(&cluster, leaving, NodeCommand::DestroyReplica { shard: ShardId(0), conf_ver: u64::MAX }).await?,
+        exec(&cluster, leaving, NodeCommand::DestroyReplica { shard: ShardId(0), conf_ver: pd_conf_ver - 1 }).await?,
+        Outcome::Skipped(Skip::ReplicaNewer { local: pd_conf_ver, command: pd_conf_ver - 1 })
+    );
+    let mut pd_descriptor = old.shared.registry.get(ShardId(0)).expect("a PD member").descriptor();
+    pd_descriptor.epoch.conf_ver += 1;
+    assert_eq!(
+        exec(&cluster, leaving, NodeCommand::CreateReplica { descriptor: pd_descriptor }).await?,
         Outcome::Skipped(Skip::PdShard)
     );
+    assert!(old.shared.registry.get(ShardId(0)).is_some(), "the PD replica is intact");
     // A later configuration that adds the node back is accepted.
     stale.epoch.conf_ver = c2 + 1;
     assert_eq!(exec(&cluster, leaving, NodeCommand::JoinReplica { descriptor: stale }).await?, Outcome::Done);

@@ -38,7 +38,9 @@ pub struct RaftSettings {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (cheap: a read view) after this many applied entries;
-    /// the log before it can then be purged.
+    /// the log before it can then be purged. A leader defers it while a member
+    /// still needs entries the purge would delete (a learner receiving a
+    /// snapshot, a lagging follower), up to [`SNAPSHOT_DEFER_FACTOR`] times this.
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind the last snapshot, so lagging followers
     /// catch up from the log instead of by snapshot.
@@ -100,7 +102,9 @@ impl RaftSettings {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            // Snapshots are triggered by `snapshot_if_due` (the node's snapshot
+            // task), which knows what the members still need.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.logs_to_keep,
             max_payload_entries: self.max_payload_entries,
             enable_pre_vote: Some(true),
@@ -108,6 +112,33 @@ impl RaftSettings {
         };
         config.validate().map_err(|e| e.to_string())
     }
+}
+
+/// A leader builds a snapshot (and so purges its log) while a member still
+/// needs the purged entries only once this many times `snapshot-logs-since-last`
+/// entries have piled up: the bound on the log a dead follower can hold back.
+pub const SNAPSHOT_DEFER_FACTOR: u64 = 10;
+
+/// Whether a replica should build a snapshot now. `matched`: on a leader, every
+/// other member's matched index; `None` elsewhere.
+///
+/// openraft purges the log up to `logs-to-keep` entries behind each new
+/// snapshot and does not hold the purge back for a member that is being sent a
+/// snapshot: under a steady write load a leader that snapshots during a long
+/// transfer deletes the entries right after the snapshot it is sending, and the
+/// learner needs another snapshot when the first one lands (the move bench saw
+/// six in a row). So a leader waits until every member has the entries the
+/// purge would delete.
+pub fn snapshot_due(applied: u64, snapshot: u64, matched: Option<&[u64]>, settings: &RaftSettings) -> bool {
+    let since = applied.saturating_sub(snapshot);
+    if since < settings.snapshot_logs_since_last.max(1) {
+        return false;
+    }
+    if since >= settings.snapshot_logs_since_last.saturating_mul(SNAPSHOT_DEFER_FACTOR) {
+        return true;
+    }
+    let purge_to = applied.saturating_sub(settings.logs_to_keep);
+    matched.is_none_or(|m| m.iter().all(|i| *i >= purge_to))
 }
 
 /// Why a group could not serve a request.
@@ -366,6 +397,32 @@ impl RaftGroup {
         })
     }
 
+    /// Asks openraft to build a snapshot if [`snapshot_due`] says so (a build
+    /// already running makes this a no-op). Returns whether it asked.
+    pub async fn snapshot_if_due(&self, settings: &RaftSettings) -> bool {
+        let (applied, snapshot, matched) = {
+            let m = self.raft.metrics().borrow_watched().clone();
+            let matched: Option<Vec<u64>> = self.leads(&m).then(|| {
+                m.replication
+                    .iter()
+                    .flatten()
+                    .filter(|(id, _)| **id != self.node_id)
+                    .map(|(_, l)| l.as_ref().map(|l| l.index).unwrap_or(0))
+                    .collect()
+            });
+            (m.last_applied.map(|l| l.index).unwrap_or(0), m.snapshot.map(|l| l.index).unwrap_or(0), matched)
+        };
+        if !snapshot_due(applied, snapshot, matched.as_deref(), settings) {
+            return false;
+        }
+        self.raft.trigger().snapshot().await.is_ok()
+    }
+
+    /// The index of this replica's last snapshot (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.raft.metrics().borrow_watched().snapshot.as_ref().map(|l| l.index).unwrap_or(0)
+    }
+
     /// Whether the group is quiescent here (its ticker parked).
     pub fn is_quiescent(&self) -> bool {
         !self.ticking.load(Ordering::Acquire)
@@ -547,3 +604,31 @@ impl RaftGroup {
 /// naming it for users of this module.
 #[allow(dead_code)]
 type _Config = TypeConfig;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RaftSettings {
+        RaftSettings { snapshot_logs_since_last: 100, logs_to_keep: 20, ..Default::default() }
+    }
+
+    #[test]
+    fn snapshots_wait_for_members_that_need_the_purged_entries() {
+        let s = settings();
+        // Not enough new entries.
+        assert!(!snapshot_due(150, 60, None, &s));
+        // A follower (or a lone leader) snapshots at the threshold.
+        assert!(snapshot_due(160, 60, None, &s));
+        assert!(snapshot_due(160, 60, Some(&[]), &s));
+        // A leader whose members all hold the entries behind the purge point (140).
+        assert!(snapshot_due(160, 60, Some(&[140, 160]), &s));
+        // A learner still receiving a snapshot (matched 0) or a lagging follower
+        // holds it back ...
+        assert!(!snapshot_due(160, 60, Some(&[0, 160]), &s));
+        assert!(!snapshot_due(160, 60, Some(&[139, 160]), &s));
+        // ... until ten times the threshold has piled up.
+        assert!(!snapshot_due(1_059, 60, Some(&[0]), &s));
+        assert!(snapshot_due(1_060, 60, Some(&[0]), &s));
+    }
+}

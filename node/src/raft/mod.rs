@@ -16,4 +16,7 @@ pub mod snapshot_recv;
 pub mod state_machine;
 pub mod types;
 
-pub use group::{GroupError, GroupStatus, LeaderView, MembershipSummary, RaftGroup, RaftSettings, ReadPolicyKind};
+pub use group::{
+    GroupError, GroupStatus, LeaderView, MembershipSummary, RaftGroup, RaftSettings, ReadPolicyKind,
+    SNAPSHOT_DEFER_FACTOR, snapshot_due,
+};
