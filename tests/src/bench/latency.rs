@@ -12,6 +12,14 @@ pub struct LatencySummary {
     pub mean_ms: f64,
 }
 
+/// The p50, p99 and max columns of a report table, in ms; `-` without samples.
+pub fn columns(latency: Option<&LatencySummary>) -> [String; 3] {
+    match latency {
+        Some(l) => [l.p50_ms, l.p99_ms, l.max_ms].map(|ms| format!("{ms:.2}")),
+        None => ["-", "-", "-"].map(String::from),
+    }
+}
+
 /// Summarises `nanos`, or `None` if there are no samples.
 pub fn summarize(mut nanos: Vec<u64>) -> Option<LatencySummary> {
     if nanos.is_empty() {

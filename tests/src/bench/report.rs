@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::baseline::Baseline;
-use super::latency::LatencySummary;
+use super::latency::{LatencySummary, columns};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
@@ -114,10 +114,7 @@ impl Report {
         let _ = writeln!(t);
         let _ = writeln!(t, "cluster                  ops      ops/s    p50 ms    p99 ms    max ms");
         for (name, op) in [("writes", &self.writes), ("reads", &self.reads)] {
-            let (p50, p99, max) = match &op.latency {
-                Some(l) => (format!("{:.2}", l.p50_ms), format!("{:.2}", l.p99_ms), format!("{:.2}", l.max_ms)),
-                None => ("-".into(), "-".into(), "-".into()),
-            };
+            let [p50, p99, max] = columns(op.latency.as_ref());
             let _ = writeln!(t, "  {name:<12} {:>10} {:>10.1} {p50:>9} {p99:>9} {max:>9}", op.ops, op.ops_per_sec);
         }
         let errors: Vec<String> = [("write", &self.errors.write), ("read", &self.errors.read)]

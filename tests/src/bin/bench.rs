@@ -35,7 +35,6 @@
 //! figures are for comparing runs on the same machine, not for quoting alone. The ratio
 //! cancels out the disk, not the CPU.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -46,21 +45,16 @@ use std::collections::BTreeMap;
 use cairn_proto::{NodeId, NodeStats, ShardId};
 use cairn_tests::TestCluster;
 use cairn_tests::bench::baseline::{self, Baseline};
+use cairn_tests::bench::cli::{self, Output, parse_duration};
 use cairn_tests::bench::latency::summarize;
 use cairn_tests::bench::report::{Errors, OpStats, RaftDelta, Ratios, Report, RunConfig, StorageDelta};
 use cairn_tests::bench::workload::{self, KeyPool, Progress, Recorded, Window};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use tokio::time::Instant;
 
 /// Keys written before the run when there are readers, so they have something to read.
 const PRELOAD_KEYS: usize = 1000;
 const PRELOAD_CONCURRENCY: usize = 32;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
 
 /// Throughput and latency of an in-process Cairn cluster, as a ratio to this disk's
 /// single-writer durable commit rate measured in the same run.
@@ -98,36 +92,12 @@ struct Args {
     output: Output,
 }
 
-/// Parses `250ms`, `20s`, `2m` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 20s or 500ms"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "m" | "min" => n * 60.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.nodes >= 1 && args.shards >= 1, "need at least one node and one shard");
     anyhow::ensure!(args.writers + args.readers >= 1, "need at least one writer or reader");
     anyhow::ensure!(!args.duration.is_zero(), "--duration must be positive");
-    // openraft warns about every unanswered message, which floods the progress lines
-    // under load and at shutdown; RUST_LOG brings its warnings back.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error")),
-        )
-        .init();
+    cli::init_tracing();
     let seed = args.seed.unwrap_or_else(rand::random);
 
     // One directory for everything, in the same temp root the cluster's nodes use.
@@ -145,10 +115,7 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(run_cluster(&args, seed, baseline, dir.path()))?;
-    match args.output {
-        Output::Table => print!("{}", report.to_table()),
-        Output::Json => println!("{}", report.to_json()),
-    }
+    args.output.print(|| report.to_table(), || report.to_json());
     Ok(())
 }
 
@@ -340,20 +307,5 @@ fn build_report(
                 .unwrap_or(0.0),
         },
         baseline,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("s").is_err());
     }
 }
