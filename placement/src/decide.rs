@@ -215,7 +215,7 @@ pub fn heartbeat(
     let mut outcome = HeartbeatOutcome { leader_changed, full_report_wanted, ..Default::default() };
     for shard in state.shards.values().filter(|s| s.creating) {
         let d = &shard.descriptor;
-        let member = d.replicas.iter().any(|r| r.node == hb.node);
+        let member = d.replicas.iter().any(|r| r.node == hb.node && r.role == ReplicaRole::Voter);
         if member && !observed.hosts(hb.node, d.id) && outcome.commands.len() < COMMANDS_PER_HEARTBEAT_MAX {
             outcome.commands.push(NodeCommand::CreateReplica { descriptor: d.clone() });
         }
@@ -265,7 +265,10 @@ pub fn adopt_membership(record: &ShardRecord, report: &ReplicaReport) -> Option<
         return None;
     }
     let descriptor = ShardDescriptor { epoch: report.epoch, replicas: report.replicas.clone(), ..d.clone() };
-    Some(ShardRecord { descriptor, creating: record.creating })
+    // A shard whose group changed its first membership (a repair replacing a
+    // member that died before creating its replica) is past creation: its new
+    // members join through their operator, never by `CreateReplica`.
+    Some(ShardRecord { descriptor, creating: false })
 }
 
 /// Creates the initial shards once `replication_factor` live nodes exist:

@@ -218,11 +218,16 @@ fn plan_all(state: &PdState, observed: &Observed, now_ms: u64, max_operators: us
     let shards: Vec<_> = state.shards.values().filter(|s| !s.creating).collect();
     // The PD's own shard first: repair, drain and stray learners only.
     let with_pd: Vec<_> = state.pd_shard.iter().chain(shards.iter().copied()).collect();
+    // Repair takes shards still being created too: one whose member died
+    // before creating its replica would otherwise wait for it forever (it
+    // only needs a leader, i.e. a quorum that did create theirs).
+    let all: Vec<_> = state.pd_shard.iter().chain(state.shards.values()).collect();
 
     // 1. Repair, 3. drain: replicas on gone or draining nodes move off.
     let (gone, draining) = (view.gone.clone(), view.draining.clone());
     for (nodes, reason) in [(&gone, "repair"), (&draining, "drain")] {
-        for s in &with_pd {
+        let candidates = if reason == "repair" { &all } else { &with_pd };
+        for s in candidates {
             let d = &s.descriptor;
             if full(&view) || view.busy.contains(&d.id) || !view.leader.contains_key(&d.id) {
                 continue;

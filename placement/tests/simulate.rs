@@ -628,6 +628,27 @@ fn the_pd_shard_refuses_removal_while_hosted() {
     assert_eq!(sim.groups[&PD_SHARD].voters.len(), 3);
 }
 
+/// A member that died before creating its replica of a new shard: the shard
+/// stays "being created" (its leader exists, one replica never will), and
+/// repair must still replace that member.
+#[test]
+fn a_member_lost_during_shard_creation_is_repaired() {
+    let mut sim = Sim::new(4, 4, settings(), 7);
+    let shard = ShardId(1);
+    let mut record = sim.state.shards[&shard].clone();
+    record.creating = true;
+    sim.commit(Writes { shards: vec![record], ..Default::default() });
+    let dead = *sim.groups[&shard].voters.iter().find(|n| sim.groups[&shard].leader != Some(**n)).unwrap();
+    sim.hosted.get_mut(&dead).unwrap().remove(&shard);
+    sim.alive.insert(dead, false);
+    sim.run_until("the shard repaired", 3_000, |s| {
+        let g = &s.groups[&shard];
+        !g.members().contains(&dead) && g.voters.len() == 3 && g.joint.is_none() && s.state.operators.is_empty()
+    });
+    assert!(!sim.state.shards[&shard].creating, "past creation once its membership changed");
+    sim.assert_pd_follows();
+}
+
 #[test]
 fn replication_factor_changes_add_and_remove_voters() {
     let mut sim = Sim::new(5, 8, settings(), 4);

@@ -295,6 +295,55 @@ async fn draining_a_pd_member_moves_the_placement_driver() -> anyhow::Result<()>
     Ok(())
 }
 
+/// RFC 004: the PD leader's node dies for good; after `max-node-down-time` its
+/// replica of the PD's shard 0 is re-created on the node that was not a member,
+/// like its data replicas, while clients keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_pd_leader_is_replaced_as_a_pd_member() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(4, 4).await?;
+    let pd = cluster.pd_client()?;
+    let client = Client::connect_with(cluster.pd_endpoints(), ClientConfig::default()).await?;
+    wait_until("initial balance, the PD recording its own shard", Duration::from_secs(120), || async {
+        (pd.rebalance_status().await.ok()?.balanced && pd_members(&pd).await?.len() == 3).then_some(())
+    })
+    .await?;
+    pd.set_setting("max-node-down-time", "3s").await?;
+    let victim = wait_until("a PD leader", Duration::from_secs(30), || async {
+        (0..cluster.len()).find(|i| cluster.node(*i).is_some_and(|n| n.shared.pd.is_leader()))
+    })
+    .await?;
+    let victim_id = cluster.node(victim).unwrap().id();
+    let newcomer = NodeId(4);
+    assert!(!pd_members(&pd).await.unwrap().contains(&newcomer));
+    let writers = Writers::start(&client, 2);
+    cluster.crash(victim).await;
+    let last = std::sync::Mutex::new(String::new());
+    let repaired =
+        wait_until("the PD and every shard back at 3 voters on live nodes", Duration::from_secs(120), || async {
+            let members = pd_members(&pd).await?;
+            let ds = descriptors(&pd).await?;
+            let data_ok = ds.iter().all(|d| voters(d).len() == 3 && !voters(d).contains(&victim_id));
+            let ops = pd.list_operators().await.ok()?;
+            let status = pd.cluster(20).await.ok()?;
+            *last.lock().unwrap() =
+                format!("members {members:?}, data ok {data_ok}, operators {ops:?}, events {:?}", status.events);
+            (members.len() == 3
+                && members.contains(&newcomer)
+                && !members.contains(&victim_id)
+                && data_ok
+                && ops.is_empty())
+            .then_some(())
+        })
+        .await;
+    repaired.map_err(|e| e.context(last.into_inner().unwrap()))?;
+    assert!(cluster.node(3).unwrap().shared.pd.is_member());
+    let (acked, failures) = writers.stop().await?;
+    assert_eq!(failures, 0, "client calls failed while the PD was repaired");
+    assert_readable(&client, &acked).await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_moves_and_leader_transfers() -> anyhow::Result<()> {
     let cluster = TestCluster::start(4, 2).await?;
