@@ -3,14 +3,30 @@
 //! staged view to openraft, which installs it through the state machine.
 //! On any failure the staged data is discarded and the shard is unchanged.
 
+use std::collections::VecDeque;
+
 use cairn_proto::ApiError;
+use tokio::sync::oneshot;
 
 use super::group::RaftGroup;
 use super::types::{Snapshot, SnapshotMeta, Vote};
-use crate::storage::WriteOp;
 use crate::storage::codec::{decode, encode};
 use crate::storage::snapshot::{SnapshotRecord, SnapshotView};
 use crate::storage::tables::{ShardRecord, SnapshotShardState};
+use crate::storage::{StorageError, WriteOp};
+
+/// Chunks staged by the storage writer while the next one is received: the
+/// receiver's memory is bounded by this many decoded chunks plus the one in hand.
+const STAGE_IN_FLIGHT: usize = 2;
+
+/// The storage writer's answer to one staged chunk.
+fn staged_ok(answer: Result<Result<(), StorageError>, oneshot::error::RecvError>) -> Result<(), ApiError> {
+    match answer {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
+        Err(_) => Err(ApiError::Unavailable(StorageError::Closed.to_string())),
+    }
+}
 
 /// One part of an incoming snapshot stream, already taken off the wire.
 pub enum SnapshotPart {
@@ -43,6 +59,9 @@ impl RaftGroup {
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let started = std::time::Instant::now();
+        // Chunks handed to the storage writer and not yet written, oldest first:
+        // the next chunk is read and decoded while the writer stores these.
+        let mut pending: VecDeque<oneshot::Receiver<Result<(), StorageError>>> = VecDeque::new();
         let staged = async {
             let (mut records_seen, mut bytes_seen) = (0u64, 0u64);
             loop {
@@ -64,16 +83,26 @@ impl RaftGroup {
                         }
                         records_seen += decoded.len() as u64;
                         bytes_seen += records.len() as u64;
+                        if pending.len() >= STAGE_IN_FLIGHT
+                            && let Some(oldest) = pending.pop_front()
+                        {
+                            staged_ok(oldest.await)?;
+                        }
+                        let (done, written) = oneshot::channel();
                         storage
-                            .call(|done| WriteOp::StageRecords { data_id, records: decoded, done })
+                            .submit(WriteOp::StageRecords { data_id, records: decoded, done })
                             .await
                             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                        pending.push_back(written);
                     }
                     SnapshotPart::Trailer { total_records, total_bytes } => {
                         if total_records != records_seen || total_bytes != bytes_seen {
                             return Err(bad(format!(
                                 "trailer says {total_records} records / {total_bytes} bytes, received {records_seen} / {bytes_seen}"
                             )));
+                        }
+                        while let Some(oldest) = pending.pop_front() {
+                            staged_ok(oldest.await)?;
                         }
                         return Ok(bytes_seen);
                     }
@@ -84,6 +113,11 @@ impl RaftGroup {
         let bytes = match staged {
             Ok(b) => b,
             Err(e) => {
+                // Every submitted chunk is written (or failed) before the discard,
+                // which the writer then applies after them.
+                for written in pending.drain(..) {
+                    let _ = written.await;
+                }
                 let _ = storage.submit(WriteOp::DiscardStaging { data_id }).await;
                 tracing::warn!(shard = %self.shard(), error = %e, "snapshot rejected");
                 return Err(e);
