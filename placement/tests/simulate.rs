@@ -312,10 +312,10 @@ impl Sim {
                     g.conf_ver += 1;
                 }
             }
-            NodeCommand::RemoveLearner { conf_ver, node: learner, .. } if leads && conf_ver == g.conf_ver => {
-                if g.learners.remove(&learner) {
-                    g.conf_ver += 1;
-                }
+            NodeCommand::RemoveLearner { conf_ver, node: learner, .. }
+                if leads && conf_ver == g.conf_ver && g.learners.remove(&learner) =>
+            {
+                g.conf_ver += 1;
             }
             NodeCommand::ChangeVoters { conf_ver, voters, .. } if leads && conf_ver == g.conf_ver => {
                 let target: BTreeSet<NodeId> = voters.into_iter().collect();
@@ -348,11 +348,11 @@ impl Sim {
                     g.leader = None;
                 }
             }
-            NodeCommand::TransferLeader { to, .. } if leads => {
-                if g.joint.is_none() && g.voters.contains(&to) && self.alive[&to] {
-                    g.leader = Some(to);
-                    g.term += 1;
-                }
+            NodeCommand::TransferLeader { to, .. }
+                if leads && g.joint.is_none() && g.voters.contains(&to) && self.alive[&to] =>
+            {
+                g.leader = Some(to);
+                g.term += 1;
             }
             NodeCommand::DestroyReplica { conf_ver, .. } => {
                 let member = g.members().contains(&node);
@@ -376,7 +376,7 @@ impl Sim {
             }
             if g.leader.is_none() {
                 let quorum = |set: &BTreeSet<NodeId>| set.iter().filter(|n| alive(n)).count() > set.len() / 2;
-                let ok = quorum(&g.voters) && g.joint.as_ref().is_none_or(|n| quorum(n));
+                let ok = quorum(&g.voters) && g.joint.as_ref().is_none_or(quorum);
                 if ok {
                     let mut candidates =
                         g.all_voters().into_iter().filter(|n| alive(n) && self.hosted[n].contains_key(shard));
@@ -430,7 +430,7 @@ impl Sim {
                 }
             }
         }
-        if self.now % 500 == 0 {
+        if self.now.is_multiple_of(500) {
             let (w, finished) = operator::advance(&self.state, &self.observed, self.now);
             self.operators_done += finished.len();
             self.commit(w);

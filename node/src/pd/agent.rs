@@ -177,7 +177,7 @@ pub async fn register_until_done(
             Err(e @ ApiError::InvalidArgument(_)) => return Err(e),
             Err(e) => {
                 attempt += 1;
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::info!(error = %e, endpoints = ?pd.endpoints(), "waiting for the placement driver");
                 }
             }
@@ -256,7 +256,7 @@ pub fn spawn(
                     Err(e) => {
                         reporter.failed();
                         failures += 1;
-                        if failures == 1 || failures % 30 == 0 {
+                        if failures == 1 || failures.is_multiple_of(30) {
                             tracing::warn!(error = %e, failures, "heartbeat to the placement driver failed");
                         }
                     }
