@@ -1,7 +1,7 @@
 //! A running node: opens its database, bootstraps or reloads its shards, starts
 //! one Raft group per hosted shard, and serves gRPC until shut down.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::{
@@ -80,12 +80,57 @@ pub struct NodeShared {
     pub kv: Kv,
     /// The PD runtime; it acts while this node hosts shard 0 (a PD member).
     pub pd: Arc<PdRuntime>,
-    /// Client of the PD endpoints this node was started with.
-    pub pd_client: PdClient,
+    /// Client of the PD: the endpoints this node was started with, widened to
+    /// its peers when those stop answering ([`NodeShared::widen_pd_endpoints`]).
+    pd_client: RwLock<PdClient>,
     pub cluster_id: u64,
 }
 
+/// Most PD endpoints a node's client keeps.
+const PD_ENDPOINTS_MAX: usize = 16;
+
+/// The endpoints a node's PD client should have: the configured ones, then
+/// (any node forwards PD requests) the peers it shares shards with, without
+/// itself, at most [`PD_ENDPOINTS_MAX`].
+pub fn pd_endpoints_with_peers(configured: &[String], peers: &[String], me: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for addr in configured.iter().chain(peers) {
+        if addr != me && !addr.is_empty() && !out.contains(addr) && out.len() < PD_ENDPOINTS_MAX {
+            out.push(addr.clone());
+        }
+    }
+    if out.is_empty() { configured.to_vec() } else { out }
+}
+
 impl NodeShared {
+    /// The node's PD client (cheap clone).
+    pub fn pd_client(&self) -> PdClient {
+        self.pd_client.read().expect("pd client lock").clone()
+    }
+
+    /// Adds the peers this node shares shards with to its PD endpoints, for
+    /// when the configured ones stopped answering (a `--pd` node drained and
+    /// removed). Returns the new endpoints if they changed.
+    pub fn widen_pd_endpoints(&self, configured: &[String]) -> Option<Vec<String>> {
+        let mut peers: Vec<String> = Vec::new();
+        for replica in self.registry.all() {
+            for r in replica.descriptor().replicas {
+                if !peers.contains(&r.addr) {
+                    peers.push(r.addr);
+                }
+            }
+        }
+        peers.sort();
+        let wanted = pd_endpoints_with_peers(configured, &peers, &self.addr);
+        let mut client = self.pd_client.write().expect("pd client lock");
+        if client.endpoints() == wanted {
+            return None;
+        }
+        let widened = PdClient::new(&wanted, client.config().clone()).ok()?;
+        *client = widened;
+        Some(wanted)
+    }
+
     /// Creates a replica of a shard on this node at run time and starts its Raft
     /// group. `members`, when given, initialises a new group with those voters;
     /// a replica joining an existing group starts empty and is filled by its
@@ -367,7 +412,7 @@ impl Node {
             transport,
             kv,
             pd: pd.clone(),
-            pd_client: pd_client.clone(),
+            pd_client: RwLock::new(pd_client),
             cluster_id: record.cluster_id,
         });
         let kill = CancellationToken::new();
@@ -375,13 +420,7 @@ impl Node {
         let mut background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
         background.push(crate::shard::snapshots::spawn(shared.clone(), &config.raft, cancel.clone()));
         background.push(pd.spawn(cancel.clone()));
-        background.push(crate::pd::agent::spawn(
-            shared.clone(),
-            pd_client,
-            config.clone(),
-            record.cluster_id,
-            cancel.clone(),
-        ));
+        background.push(crate::pd::agent::spawn(shared.clone(), config.clone(), record.cluster_id, cancel.clone()));
         let metrics_server = match config.metrics_listen {
             Some(a) => Some(
                 crate::service::metrics::serve(shared.clone(), a, cancel.clone())
@@ -522,5 +561,22 @@ impl Node {
             replica.group.shutdown().await;
             self.shared.registry.remove(replica.shard());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pd_endpoints_add_peers_without_self_or_duplicates() {
+        let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let got = pd_endpoints_with_peers(&s(&["a:1"]), &s(&["b:1", "me:1", "a:1", "c:1"]), "me:1");
+        assert_eq!(got, s(&["a:1", "b:1", "c:1"]));
+        // Alone: keep what was configured, even if it is this node.
+        assert_eq!(pd_endpoints_with_peers(&s(&["me:1"]), &[], "me:1"), s(&["me:1"]));
+        // Bounded.
+        let many: Vec<String> = (0..40).map(|i| format!("p:{i}")).collect();
+        assert_eq!(pd_endpoints_with_peers(&s(&["a:1"]), &many, "me:1").len(), PD_ENDPOINTS_MAX);
     }
 }

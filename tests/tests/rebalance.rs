@@ -344,6 +344,53 @@ async fn a_dead_pd_leader_is_replaced_as_a_pd_member() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node started with `--pd` naming one node keeps reaching the PD after
+/// that node is drained, removed and stopped: it widens its PD endpoints to
+/// the peers it shares shards with (any node forwards PD requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_outlives_the_pd_endpoint_it_was_given() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(4, 4, |c| {
+        if c.pd_member_id().is_none() {
+            // Node 4 knows only node 2.
+            c.pd = vec![c.initial_pd[1].1.clone()];
+        }
+    })
+    .await?;
+    let pd = cluster.pd_client()?;
+    let (gone, node4) = (NodeId(2), NodeId(4));
+    assert_eq!(cluster.node(3).unwrap().shared.pd_client().endpoints(), vec![cluster.addr(1)]);
+    wait_until("initial balance", Duration::from_secs(120), || async {
+        (pd.rebalance_status().await.ok()?.balanced && pd_members(&pd).await?.len() == 3).then_some(())
+    })
+    .await?;
+    pd.set_node_state(gone, AdminRequest::Draining).await?;
+    wait_until("node 2 drained", Duration::from_secs(120), || async {
+        let members = pd_members(&pd).await?;
+        let listed = descriptors(&pd).await?.iter().any(|d| d.replicas.iter().any(|r| r.node == gone));
+        (!members.contains(&gone) && !listed && pd.list_operators().await.ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    pd.set_node_state(gone, AdminRequest::Removed).await?;
+    cluster.stop(1).await;
+    let widened = wait_until("node 4 to widen its PD endpoints", Duration::from_secs(60), || async {
+        let endpoints = cluster.node(3)?.shared.pd_client().endpoints();
+        (endpoints.len() > 1).then_some(endpoints)
+    })
+    .await?;
+    assert!(!widened.contains(&cluster.addr(3)), "never itself: {widened:?}");
+    // Its heartbeats get through again: the PD hears from it after the switch.
+    let switched = std::time::Instant::now();
+    wait_until("the PD to hear from node 4 again", Duration::from_secs(60), || async {
+        let status = pd.cluster(0).await.ok()?;
+        let n = status.nodes.iter().find(|n| n.id == node4)?;
+        let age = n.last_heartbeat_ms_ago?;
+        (age < switched.elapsed().as_millis() as u64 && age < 2_000).then_some(())
+    })
+    .await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_moves_and_leader_transfers() -> anyhow::Result<()> {
     let cluster = TestCluster::start(4, 2).await?;

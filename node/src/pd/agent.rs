@@ -210,16 +210,20 @@ pub fn next_interval(answer_interval_ms: u64, configured: Duration) -> Duration 
     }
 }
 
+/// Heartbeats failed in a row before the node adds its peers to its PD
+/// endpoints (one: a failed heartbeat already spent the client's retries).
+const PD_FAILURES_BEFORE_WIDENING: u32 = 1;
+
 /// Runs the heartbeat loop until `cancel`.
 pub fn spawn(
     node: Arc<NodeShared>,
-    pd: PdClient,
     config: NodeConfig,
     cluster_id: u64,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let configured = Duration::from_millis(config.heartbeat_interval_ms);
+        let configured_pd = node.pd_client().endpoints();
         let config = Arc::new(config);
         let mut executor = Executor::default();
         let mut failures = 0u32;
@@ -228,6 +232,7 @@ pub fn spawn(
         let mut registered = false;
         loop {
             let mut interval = configured;
+            let pd = node.pd_client();
             if !registered {
                 match pd.register_node(&registration(&config, Some(node.id), cluster_id)).await {
                     Ok(_) => registered = true,
@@ -258,6 +263,13 @@ pub fn spawn(
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(30) {
                             tracing::warn!(error = %e, failures, "heartbeat to the placement driver failed");
+                        }
+                        // The configured endpoints may all be gone (drained and
+                        // removed): any peer forwards PD requests.
+                        if failures.is_multiple_of(PD_FAILURES_BEFORE_WIDENING)
+                            && let Some(endpoints) = node.widen_pd_endpoints(&configured_pd)
+                        {
+                            tracing::info!(?endpoints, "PD endpoints widened to this node's peers");
                         }
                     }
                 }

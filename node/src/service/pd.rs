@@ -56,7 +56,7 @@ impl PdService {
             if forwarded {
                 return Err(ApiError::Unavailable(format!("node {} is not a PD member", self.node.id)).to_status());
             }
-            return Ok(Upstream::Remote(self.node.pd_client.clone()));
+            return Ok(Upstream::Remote(self.node.pd_client()));
         }
         if pd.is_leader() {
             return Ok(Upstream::Local(pd.clone()));
