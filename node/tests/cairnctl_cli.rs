@@ -197,9 +197,10 @@ async fn cairnctl_admin_verbs() {
     assert!(out.starts_with("balanced  "), "{out}");
 
     // Refused before anything is sent, and by the PD.
+    // The PD's own shard 0 takes operators too (RFC 004); here node 2 does not exist.
     let (code, _, err) = cairnctl(pd, &["shard", "move", "0", "--from", "1", "--to", "2"], None).await;
     assert_eq!(code, 2);
-    assert!(is_api_error(&err, "INVALID_ARGUMENT") && err.contains("shard 0"), "{err}");
+    assert!(is_api_error(&err, "INVALID_ARGUMENT") && err.contains("node 2"), "{err}");
     let (code, _, err) = cairnctl(pd, &["shard", "move", "1", "--from", "1", "--to", "9"], None).await;
     assert_eq!(code, 2, "node 9 does not exist");
     assert!(err.starts_with("error: ") && err.lines().count() == 1, "{err}");
