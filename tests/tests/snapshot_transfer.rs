@@ -34,8 +34,12 @@ async fn lagging_follower_catches_up_by_streamed_snapshot() -> anyhow::Result<()
         let version = client.put(&key, value.as_bytes(), None).await?;
         expected.push((key, value, version));
     }
-    for i in 0..200 {
-        client.put(format!("small/{i:03}").as_bytes(), b"{}", None).await?;
+    // A leader defers its snapshot (and purge) while a member lacks the entries
+    // it would purge, here the crashed follower, until SNAPSHOT_DEFER_FACTOR
+    // times snapshot-logs-since-last entries have piled up: write past that.
+    let small = 50 * cairn_node::raft::SNAPSHOT_DEFER_FACTOR + 100;
+    for i in 0..small {
+        client.put(format!("small/{i:04}").as_bytes(), b"{}", None).await?;
     }
     let leader_node = cluster.node(leader.0 as usize - 1).expect("leader running").clone();
     wait_until("the leader to purge its log", Duration::from_secs(30), || async {
