@@ -473,6 +473,15 @@ pub fn rebalance_status(state: &PdState, observed: &Observed, now_ms: u64) -> Re
         under_replicated,
         misplaced,
         operators: state.operators.len() as u64,
-        balanced: state.operators.is_empty() && pending.is_empty() && under_replicated == 0 && misplaced == 0,
+        // Not before the PD has heard from every node, knows every leader and
+        // every shard is past creation: until then the scheduler has not had
+        // its say (it skips shards being created).
+        balanced: settled(state, observed, now_ms)
+            && view.leader.len() == state.shards.len() + usize::from(state.pd_shard.is_some())
+            && state.shards.values().all(|s| !s.creating)
+            && state.operators.is_empty()
+            && pending.is_empty()
+            && under_replicated == 0
+            && misplaced == 0,
     }
 }

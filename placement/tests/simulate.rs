@@ -649,6 +649,24 @@ fn a_member_lost_during_shard_creation_is_repaired() {
     sim.assert_pd_follows();
 }
 
+/// `rebalance status` says balanced only once the scheduler can see
+/// everything: not while a shard is being created (the scheduler skips those;
+/// a test that waited for "balanced" then raced the first leader transfers).
+#[test]
+fn not_balanced_while_a_shard_is_being_created() {
+    let mut sim = Sim::new(3, 4, settings(), 8);
+    sim.run_until("initially balanced", 3_000, |s| {
+        s.converged(3) && schedule::rebalance_status(&s.state, &s.observed, s.now).balanced
+    });
+    let mut record = sim.state.shards[&ShardId(2)].clone();
+    record.creating = true;
+    sim.commit(Writes { shards: vec![record], ..Default::default() });
+    assert!(!schedule::rebalance_status(&sim.state, &sim.observed, sim.now).balanced);
+    // Every replica exists: the next heartbeats end its creation.
+    sim.run_until("balanced again", 100, |s| schedule::rebalance_status(&s.state, &s.observed, s.now).balanced);
+    assert!(!sim.state.shards[&ShardId(2)].creating);
+}
+
 #[test]
 fn replication_factor_changes_add_and_remove_voters() {
     let mut sim = Sim::new(5, 8, settings(), 4);
