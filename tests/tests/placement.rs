@@ -100,18 +100,22 @@ async fn every_node_answers_and_the_map_streams_leader_changes() -> anyhow::Resu
     assert!(first.full);
     assert_eq!(first.shards.len(), 2);
     let shard = ShardId(1);
-    let current = wait_until("shard 1's leader in the map", Duration::from_secs(20), || async {
-        let (routes, _) = cluster.pd_client().ok()?.list_shards(&KeyRange::full(), 0).await.ok()?;
-        routes.into_iter().find(|r| r.descriptor.id == shard)?.leader
+    // The PD balances replicas and leaders over the 4 nodes after start; a
+    // transfer made meanwhile could be undone before the PD ever saw it (a CI
+    // run timed out so). Move the leader once the PD is done, through the PD.
+    let pd = cluster.pd_client()?;
+    wait_until("the PD to finish balancing", Duration::from_secs(60), || async {
+        pd.rebalance_status().await.ok()?.balanced.then_some(())
     })
     .await?;
-    let target = cluster
-        .running()
-        .map(|n| n.id())
-        .find(|id| *id != current.0 && first.shards[0].descriptor.replicas.iter().any(|r| r.node == *id))
-        .expect("another voter");
-    let replica = cluster.running().find(|n| n.id() == current.0).unwrap().shared.registry.get(shard).unwrap();
-    replica.group.transfer_leader(target).await?;
+    let route = wait_until("shard 1's leader in the map", Duration::from_secs(20), || async {
+        let (routes, _) = pd.list_shards(&KeyRange::full(), 0).await.ok()?;
+        routes.into_iter().find(|r| r.descriptor.id == shard && r.leader.is_some())
+    })
+    .await?;
+    let current = route.leader.expect("a leader").0;
+    let target = route.descriptor.replicas.iter().map(|r| r.node).find(|id| *id != current).expect("another voter");
+    pd.create_operator(shard, cairn_proto::OperatorKind::TransferLeader { to: target }).await?;
     let seen = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = stream.next().await {
             let event = event?;
