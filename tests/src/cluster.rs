@@ -70,6 +70,16 @@ impl TestCluster {
         .await?;
         cluster.wait_for_leaders(Duration::from_secs(30)).await?;
         cluster.wait_for_replicas(Duration::from_secs(30)).await?;
+        // The PD spreads leaders (and replicas) right after start: a test that
+        // talks to "the leader" while that happens races it (NOT_LEADER from a
+        // node the test just found leading). Start from a settled cluster.
+        let pd = cluster.pd_client()?;
+        wait_until("the PD to finish its first balancing", Duration::from_secs(60), || async {
+            let status = pd.rebalance_status().await.ok()?;
+            (status.balanced && pd.list_operators().await.ok()?.is_empty()).then_some(())
+        })
+        .await?;
+        cluster.wait_for_leaders(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
 
