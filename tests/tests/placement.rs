@@ -23,8 +23,9 @@ fn pd_leader(cluster: &TestCluster) -> Option<usize> {
 async fn bootstrap_once_join_and_restart() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start(4, 4).await?;
     let pd = cluster.pd_client()?;
+    // Every event kept: the bootstrap event must be among them.
     let status = wait_until("4 nodes up", Duration::from_secs(30), || async {
-        let s = pd.cluster(10).await.ok()?;
+        let s = pd.cluster(256).await.ok()?;
         (s.nodes.iter().filter(|n| n.state == NodeState::Up).count() == 4).then_some(s)
     })
     .await?;
@@ -68,7 +69,7 @@ async fn bootstrap_once_join_and_restart() -> anyhow::Result<()> {
         cluster.restart(i).await?;
     }
     let again = wait_until("the PD after a full restart", Duration::from_secs(60), || async {
-        let s = pd.cluster(10).await.ok()?;
+        let s = pd.cluster(256).await.ok()?;
         (s.nodes.iter().filter(|n| n.state == NodeState::Up && n.last_heartbeat_ms_ago.is_some()).count() == 4)
             .then_some(s)
     })
