@@ -57,6 +57,27 @@ async fn leader(cluster: &TestCluster) -> anyhow::Result<(usize, u64)> {
     .await
 }
 
+/// Writes one document through the shard's current leader, re-sent with the
+/// same session sequence (applied once) until acknowledged: leadership may
+/// move while a loaded machine delays heartbeats (CI saw a leader found by
+/// [`leader`] answer NOT_LEADER on its first write).
+async fn put_doc(cluster: &TestCluster, seq: u64, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+    let s = Session { client_id: 9, seq, acked_below: seq };
+    wait_until("a write to be acknowledged by the leader", Duration::from_secs(30), || async {
+        let (l, _) = leader(cluster).await.ok()?;
+        let epoch = cluster.node(l)?.shared.registry.get(SHARD)?.descriptor().epoch;
+        let client = cluster.node_client(l).ok()?;
+        match client.put(Route { shard: SHARD, epoch }, s, key, value, None).await {
+            Ok(_) => Some(()),
+            Err(e) => {
+                tracing::info!(error = %e, "write not acknowledged; sending it again");
+                None
+            }
+        }
+    })
+    .await
+}
+
 /// Sends a leader command built from the leader's current `conf_ver` until
 /// it is carried out, as the PD re-sends one until the reports show it.
 async fn drive(cluster: &TestCluster, make: impl Fn(u64) -> NodeCommand) -> anyhow::Result<Outcome> {
@@ -112,14 +133,10 @@ async fn a_replica_moves_by_node_commands_and_stale_commands_are_refused() -> an
     assert!(cluster.node(3).expect("running").shared.registry.get(SHARD).is_none());
 
     // Documents, enough entries for the log to be purged behind a snapshot.
-    let (l, _) = leader(&cluster).await?;
-    let epoch = cluster.node(l).expect("running").shared.registry.get(SHARD).expect("hosted").descriptor().epoch;
-    let route = Route { shard: SHARD, epoch };
-    let client = cluster.node_client(l)?;
     for i in 0..DOCS_WRITTEN {
-        let s = Session { client_id: 9, seq: i + 1, acked_below: i + 1 };
-        client.put(route, s, format!("doc/{i:03}").as_bytes(), format!(r#"{{"i":{i}}}"#).as_bytes(), None).await?;
+        put_doc(&cluster, i + 1, format!("doc/{i:03}").as_bytes(), format!(r#"{{"i":{i}}}"#).as_bytes()).await?;
     }
+    let (l, _) = leader(&cluster).await?;
     let leader_node = cluster.node(l).expect("running").clone();
     wait_until("the leader to purge its log", Duration::from_secs(30), || async {
         leader_node.shared.storage.raft_meta(SHARD, META_PURGED).ok().flatten().map(|_| ())
@@ -188,9 +205,7 @@ async fn a_replica_moves_by_node_commands_and_stale_commands_are_refused() -> an
         Outcome::Skipped(Skip::StaleConfVer { local: c2, command: c0 + 1 })
     );
     // The newcomer, now a voter, takes new writes.
-    let leader_client = cluster.node_client(l)?;
-    let s = Session { client_id: 9, seq: DOCS_WRITTEN + 1, acked_below: DOCS_WRITTEN + 1 };
-    leader_client.put(route, s, b"doc/after-move", br#"{"moved":true}"#, None).await?;
+    put_doc(&cluster, DOCS_WRITTEN + 1, b"doc/after-move", br#"{"moved":true}"#).await?;
     wait_until("the newcomer to apply the write", Duration::from_secs(30), || async {
         (docs_on(&newcomer) == DOCS_WRITTEN as usize + 1).then_some(())
     })
