@@ -25,16 +25,20 @@ pub struct ShardCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvWrite {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         expected_version: Option<u64>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expected_version: Option<u64>,
     },
     /// All items are written atomically at one log index, or none is.
     BatchPut {
+        #[serde(with = "crate::storage::codec::byte_pairs")]
         items: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// If every compare holds, every op is applied atomically at one log index
@@ -48,8 +52,16 @@ pub enum KvWrite {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
 }
 
 impl TxnOp {

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::group::RaftGroup;
 use super::types::{Snapshot, SnapshotMeta, Vote};
 use crate::storage::codec::{decode, encode};
-use crate::storage::snapshot::{SnapshotRecord, SnapshotView};
+use crate::storage::snapshot::{SnapshotChunk, SnapshotView};
 use crate::storage::tables::{ShardRecord, SnapshotShardState};
 use crate::storage::{StorageError, WriteOp};
 
@@ -74,15 +74,11 @@ impl RaftGroup {
                         if crc32fast::hash(&records) != crc32 {
                             return Err(bad("chunk checksum mismatch".into()));
                         }
-                        let decoded: Vec<SnapshotRecord> = decode(&records).map_err(|e| bad(format!("chunk: {e}")))?;
-                        if decoded.len() != record_count as usize {
-                            return Err(bad(format!("chunk holds {} records, says {record_count}", decoded.len())));
-                        }
-                        for r in &decoded {
-                            r.validate().map_err(|e| bad(format!("record: {e}")))?;
-                        }
-                        records_seen += decoded.len() as u64;
-                        bytes_seen += records.len() as u64;
+                        let records_len = records.len() as u64;
+                        let chunk =
+                            SnapshotChunk::validate(records, record_count).map_err(|e| bad(format!("chunk: {e}")))?;
+                        records_seen += u64::from(chunk.count());
+                        bytes_seen += records_len;
                         if pending.len() >= STAGE_IN_FLIGHT
                             && let Some(oldest) = pending.pop_front()
                         {
@@ -90,7 +86,7 @@ impl RaftGroup {
                         }
                         let (done, written) = oneshot::channel();
                         storage
-                            .submit(WriteOp::StageRecords { data_id, records: decoded, done })
+                            .submit(WriteOp::StageRecords { data_id, chunk, done })
                             .await
                             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
                         pending.push_back(written);

@@ -15,18 +15,23 @@ use serde::{Deserialize, Serialize};
 use super::StorageError;
 use super::tables::*;
 
-/// One record of a shard as it travels in a snapshot.
+/// One record of a shard as it travels in a snapshot, borrowing its bytes
+/// from the chunk (sending: from the read view) so that nothing is copied
+/// record by record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SnapshotRecord {
+pub enum SnapshotRecord<'a> {
     /// `doc` is the sealed stored document, verified by the receiver.
     Doc {
-        key: Vec<u8>,
-        doc: Vec<u8>,
+        #[serde(borrow)]
+        key: &'a [u8],
+        #[serde(borrow)]
+        doc: &'a [u8],
     },
     Session {
         client: u64,
         seq: u64,
-        response: Vec<u8>,
+        #[serde(borrow)]
+        response: &'a [u8],
     },
     Client {
         client: u64,
@@ -34,20 +39,12 @@ pub enum SnapshotRecord {
     },
 }
 
-impl SnapshotRecord {
-    pub fn size_bytes(&self) -> usize {
-        match self {
-            SnapshotRecord::Doc { key, doc } => key.len() + doc.len() + 16,
-            SnapshotRecord::Session { response, .. } => response.len() + 24,
-            SnapshotRecord::Client { .. } => 24,
-        }
-    }
-
+impl SnapshotRecord<'_> {
     /// Checks what a peer sent before it is staged.
-    pub fn validate(&self) -> Result<(), StorageError> {
+    fn validate(&self) -> Result<(), StorageError> {
         match self {
             SnapshotRecord::Doc { doc, .. } => {
-                super::codec::decode_sealed::<StoredDoc>(doc)?;
+                super::codec::decode_sealed_borrowed::<StoredDocRef<'_>>(doc)?;
             }
             SnapshotRecord::Session { response, .. } => {
                 super::codec::decode_sealed::<crate::command::CommandResponse>(response)?;
@@ -55,6 +52,68 @@ impl SnapshotRecord {
             SnapshotRecord::Client { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// A chunk of a snapshot: records encoded one after another.
+#[derive(Debug, Default)]
+pub struct SnapshotChunk {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl SnapshotChunk {
+    fn push(&mut self, record: &SnapshotRecord<'_>) {
+        super::codec::encode_into(record, &mut self.bytes);
+        self.count += 1;
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn into_parts(self) -> (Vec<u8>, u32) {
+        (self.bytes, self.count)
+    }
+
+    /// Checks a chunk a peer sent: it holds exactly `count` records, each of
+    /// which decodes and verifies (documents and session answers carry their
+    /// own checksums). Nothing is staged from a chunk that fails.
+    pub fn validate(bytes: Vec<u8>, count: u32) -> Result<SnapshotChunk, StorageError> {
+        let chunk = SnapshotChunk { bytes, count };
+        let mut seen = 0u64;
+        for record in chunk.records() {
+            record?.validate()?;
+            seen += 1;
+        }
+        if seen != u64::from(count) {
+            return Err(super::codec::CodecError::RecordCount { found: seen, said: u64::from(count) }.into());
+        }
+        Ok(chunk)
+    }
+
+    /// The records, decoded in place.
+    pub fn records(&self) -> impl Iterator<Item = Result<SnapshotRecord<'_>, StorageError>> {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            match super::codec::decode_borrowed_prefix::<SnapshotRecord<'_>>(rest) {
+                Ok((record, used)) => {
+                    rest = &rest[used..];
+                    Some(Ok(record))
+                }
+                Err(e) => {
+                    rest = &[];
+                    Some(Err(e.into()))
+                }
+            }
+        })
     }
 }
 
@@ -95,37 +154,33 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
-    /// The next chunk, or `None` at the end. Blocking: call from a blocking thread.
-    pub fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<Vec<SnapshotRecord>>, StorageError> {
+    /// The next chunk of about `max_bytes` (at least one record), or `None` at
+    /// the end. Blocking: call from a blocking thread.
+    pub fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<SnapshotChunk>, StorageError> {
         let data_id = self.view.record.data_id;
-        let mut out = Vec::new();
-        let mut size = 0usize;
+        let mut out = SnapshotChunk::default();
         loop {
             match &self.phase {
                 Phase::Docs(after) => {
                     let table = self.view.txn.open_table(DOCS)?;
-                    let mut last = None;
                     let range = match after {
                         Some(k) => table.range((data_id, k.as_slice())..(data_id + 1, &[][..]))?,
                         None => table.range((data_id, &[][..])..(data_id + 1, &[][..]))?,
                     };
-                    let mut full = false;
+                    let mut next = Phase::Sessions(None);
                     for item in range {
                         let (k, v) = item?;
-                        let key = k.value().1.to_vec();
-                        if after.as_ref() == Some(&key) {
+                        let key = k.value().1;
+                        if after.as_deref() == Some(key) {
                             continue;
                         }
-                        let rec = SnapshotRecord::Doc { key: key.clone(), doc: v.value().to_vec() };
-                        size += rec.size_bytes();
-                        out.push(rec);
-                        last = Some(key);
-                        if size >= max_bytes {
-                            full = true;
+                        out.push(&SnapshotRecord::Doc { key, doc: v.value() });
+                        if out.len_bytes() >= max_bytes {
+                            next = Phase::Docs(Some(key.to_vec()));
                             break;
                         }
                     }
-                    self.phase = if full { Phase::Docs(last) } else { Phase::Sessions(None) };
+                    self.phase = next;
                 }
                 Phase::Sessions(after) => {
                     let table = self.view.txn.open_table(SESSIONS)?;
@@ -133,54 +188,96 @@ impl SnapshotReader {
                         Some((c, s)) => (data_id, *c, *s),
                         None => (data_id, 0, 0),
                     };
-                    let mut last = None;
-                    let mut full = false;
+                    let mut next = Phase::Clients(None);
                     for item in table.range(start..=(data_id, u64::MAX, u64::MAX))? {
                         let (k, v) = item?;
                         let (_, client, seq) = k.value();
                         if *after == Some((client, seq)) {
                             continue;
                         }
-                        let rec = SnapshotRecord::Session { client, seq, response: v.value().to_vec() };
-                        size += rec.size_bytes();
-                        out.push(rec);
-                        last = Some((client, seq));
-                        if size >= max_bytes {
-                            full = true;
+                        out.push(&SnapshotRecord::Session { client, seq, response: v.value() });
+                        if out.len_bytes() >= max_bytes {
+                            next = Phase::Sessions(Some((client, seq)));
                             break;
                         }
                     }
-                    self.phase = if full { Phase::Sessions(last) } else { Phase::Clients(None) };
+                    self.phase = next;
                 }
                 Phase::Clients(after) => {
                     let table = self.view.txn.open_table(SESSION_CLIENTS)?;
                     let start = (data_id, after.unwrap_or(0));
-                    let mut last = None;
-                    let mut full = false;
+                    let mut next = Phase::Done;
                     for item in table.range(start..=(data_id, u64::MAX))? {
                         let (k, v) = item?;
                         let client = k.value().1;
                         if *after == Some(client) {
                             continue;
                         }
-                        let rec = SnapshotRecord::Client { client, last_seen_ms: v.value() };
-                        size += rec.size_bytes();
-                        out.push(rec);
-                        last = Some(client);
-                        if size >= max_bytes {
-                            full = true;
+                        out.push(&SnapshotRecord::Client { client, last_seen_ms: v.value() });
+                        if out.len_bytes() >= max_bytes {
+                            next = Phase::Clients(Some(client));
                             break;
                         }
                     }
-                    self.phase = if full { Phase::Clients(last) } else { Phase::Done };
+                    self.phase = next;
                 }
                 Phase::Done => {
-                    return Ok(if out.is_empty() { None } else { Some(out) });
+                    return Ok(if out.count() == 0 { None } else { Some(out) });
                 }
             }
-            if size >= max_bytes {
+            if out.len_bytes() >= max_bytes {
                 return Ok(Some(out));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::codec::encode_sealed;
+
+    fn doc(value: &[u8]) -> Vec<u8> {
+        encode_sealed(&StoredDoc { version: 7, created_at_ms: 1, updated_at_ms: 2, value: value.to_vec() })
+    }
+
+    fn chunk_of(records: &[SnapshotRecord<'_>]) -> (Vec<u8>, u32) {
+        let mut chunk = SnapshotChunk::default();
+        for r in records {
+            chunk.push(r);
+        }
+        chunk.into_parts()
+    }
+
+    #[test]
+    fn a_chunk_round_trips_and_bad_chunks_are_refused() {
+        let (a, b) = (doc(br#"{"a":1}"#), doc(br#"{"b":2}"#));
+        let answer = encode_sealed(&crate::command::CommandResponse::Put { version: 3 });
+        let records = vec![
+            SnapshotRecord::Doc { key: b"a", doc: &a },
+            SnapshotRecord::Doc { key: b"b", doc: &b },
+            SnapshotRecord::Session { client: 4, seq: 5, response: &answer },
+            SnapshotRecord::Client { client: 4, last_seen_ms: 6 },
+        ];
+        let (bytes, count) = chunk_of(&records);
+        assert_eq!(count, 4);
+        let chunk = SnapshotChunk::validate(bytes.clone(), count).expect("a good chunk");
+        let back: Vec<_> = chunk.records().collect::<Result<_, _>>().expect("decodes");
+        assert_eq!(back, records);
+
+        // Announced count differs from the records present.
+        assert!(SnapshotChunk::validate(bytes.clone(), 3).is_err());
+        assert!(SnapshotChunk::validate(bytes.clone(), 5).is_err());
+        // Cut short in the middle of a record.
+        assert!(SnapshotChunk::validate(bytes[..bytes.len() - 3].to_vec(), 4).is_err());
+        // A document whose own checksum fails (one byte of its value flipped).
+        let pos = bytes.windows(5).position(|w| w == br#"{"a":"#).expect("value present");
+        let mut flipped = bytes.clone();
+        flipped[pos + 5] ^= 0x01;
+        let e = SnapshotChunk::validate(flipped, 4).expect_err("corrupt document");
+        assert!(e.to_string().contains("checksum"), "{e}");
+        // A document that is not a sealed stored document at all.
+        let (bytes, count) = chunk_of(&[SnapshotRecord::Doc { key: b"k", doc: b"not sealed" }]);
+        assert!(SnapshotChunk::validate(bytes, count).is_err());
     }
 }

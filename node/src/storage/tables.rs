@@ -53,7 +53,18 @@ pub struct StoredDoc {
     pub version: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
+}
+
+/// A [`StoredDoc`] decoded in place, to verify one without copying its value.
+#[derive(Debug, Deserialize)]
+pub struct StoredDocRef<'a> {
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    #[serde(borrow)]
+    pub value: &'a [u8],
 }
 
 /// The persistent state of one hosted replica, updated atomically with every

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::StorageError;
 use super::apply::{ApplyBatch, apply_batch};
 use super::codec::{decode, encode, encode_sealed, unseal};
-use super::snapshot::SnapshotRecord;
+use super::snapshot::{SnapshotChunk, SnapshotRecord};
 use super::tables::*;
 use crate::command::CommandResponse;
 
@@ -87,7 +87,7 @@ pub enum WriteOp {
     },
     StageRecords {
         data_id: u64,
-        records: Vec<SnapshotRecord>,
+        chunk: SnapshotChunk,
         done: Reply<()>,
     },
     /// Switches a shard to the data staged under `record.data_id`.
@@ -564,20 +564,20 @@ fn execute_unit(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StorageError
                 }
             }
         }
-        WriteOp::StageRecords { data_id, records, .. } => {
+        WriteOp::StageRecords { data_id, chunk, .. } => {
             let mut docs = txn.open_table(DOCS)?;
             let mut sessions = txn.open_table(SESSIONS)?;
             let mut clients = txn.open_table(SESSION_CLIENTS)?;
-            for r in records {
-                match r {
+            for r in chunk.records() {
+                match r? {
                     SnapshotRecord::Doc { key, doc } => {
-                        docs.insert((*data_id, key.as_slice()), doc.as_slice())?;
+                        docs.insert((*data_id, key), doc)?;
                     }
                     SnapshotRecord::Session { client, seq, response } => {
-                        sessions.insert((*data_id, *client, *seq), response.as_slice())?;
+                        sessions.insert((*data_id, client, seq), response)?;
                     }
                     SnapshotRecord::Client { client, last_seen_ms } => {
-                        clients.insert((*data_id, *client), *last_seen_ms)?;
+                        clients.insert((*data_id, client), last_seen_ms)?;
                     }
                 }
             }

@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Transport, TransportError};
-use crate::storage::codec::encode;
 use crate::storage::snapshot::SnapshotReader;
 
 /// Chunks buffered between the disk reader and the network.
@@ -159,14 +158,14 @@ impl Transport {
             if tx.blocking_send(header).is_err() {
                 return Err("receiver closed".into());
             }
-            while let Some(records) = reader.next_chunk(chunk_bytes).map_err(|e| e.to_string())? {
-                let bytes = encode(&records);
-                sent.records += records.len() as u64;
+            while let Some(chunk) = reader.next_chunk(chunk_bytes).map_err(|e| e.to_string())? {
+                let (bytes, record_count) = chunk.into_parts();
+                sent.records += u64::from(record_count);
                 sent.bytes += bytes.len() as u64;
                 let chunk = pb::SnapshotChunk {
                     part: Some(pb::snapshot_chunk::Part::Data(pb::SnapshotData {
                         crc32: crc32fast::hash(&bytes),
-                        record_count: records.len() as u32,
+                        record_count,
                         records: bytes,
                     })),
                 };
