@@ -84,6 +84,9 @@ pub struct NodeShared {
     /// its peers when those stop answering ([`NodeShared::widen_pd_endpoints`]).
     pd_client: RwLock<PdClient>,
     pub cluster_id: u64,
+    /// Wakes the heartbeat loop to report now: a PD command took effect, so
+    /// the PD can order the operator's next step without waiting an interval.
+    pub report_soon: tokio::sync::Notify,
 }
 
 /// Most PD endpoints a node's client keeps.
@@ -414,6 +417,7 @@ impl Node {
             pd: pd.clone(),
             pd_client: RwLock::new(pd_client),
             cluster_id: record.cluster_id,
+            report_soon: tokio::sync::Notify::new(),
         });
         let kill = CancellationToken::new();
         let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone(), kill.clone());

@@ -14,6 +14,9 @@
 //! often with the answer's `interval_ms`, which holds for the next heartbeat
 //! only.
 //!
+//! A command that takes effect wakes the loop to report at once
+//! ([`NodeShared::report_soon`]), and the PD finishes operators as reports
+//! arrive, so a move's steps follow each other without waiting out intervals.
 //! Commands are idempotent and re-sent by the PD until the node reports their
 //! effect, so a lost answer or a dropped command costs one interval. Each runs
 //! in its own task ([`execute_command`] does the work), at most one per shard
@@ -53,6 +56,10 @@ pub const COMMANDS_IN_FLIGHT_MAX: usize = 64;
 /// How long the agent's shutdown waits for commands in flight before it
 /// aborts them (they are idempotent; the PD re-sends what did not finish).
 const COMMANDS_DRAIN_MS: u64 = 2_000;
+
+/// Least time between two heartbeats when a command's effect wakes the loop
+/// early ([`NodeShared::report_soon`]), so a burst of commands costs one report.
+const REPORT_SOON_GAP: Duration = Duration::from_millis(10);
 
 /// Bounds of a heartbeat interval the PD asks for.
 pub const PD_INTERVAL_MIN_MS: u64 = 50;
@@ -280,6 +287,9 @@ pub fn spawn(
                     return;
                 }
                 _ = tokio::time::sleep(interval) => {}
+                _ = node.report_soon.notified(), if registered => {
+                    tokio::time::sleep(REPORT_SOON_GAP).await;
+                }
             }
         }
     })
@@ -363,7 +373,12 @@ async fn run_command(node: &NodeShared, config: &NodeConfig, command: NodeComman
         Ok(Outcome::Skipped(skip)) if skip.is_routine() => {
             tracing::debug!(outcome = label, "PD command not for this replica now; the PD recomputes");
         }
-        Ok(outcome) => tracing::info!(outcome = %outcome, "PD command executed"),
+        Ok(outcome) => {
+            tracing::info!(outcome = %outcome, "PD command executed");
+            if matches!(outcome, Outcome::Done) {
+                node.report_soon.notify_one();
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "PD command failed; the PD will ask again"),
     }
 }

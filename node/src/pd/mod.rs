@@ -251,6 +251,25 @@ impl PdRuntime {
         Ok(version)
     }
 
+    /// Finishes the operators whose effect the reports show and marks for
+    /// rollback those that cannot complete (`placement::operator::advance`).
+    async fn advance_operators(&self, replica: &Replica, leader: &mut Leader) -> Result<(), ApiError> {
+        let (writes, finished) = placement::operator::advance(&leader.state, &leader.observed, now_ms());
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.commit(replica, leader, writes).await?;
+        for f in &finished {
+            let kind = operator_kind_label(&f.op.kind);
+            crate::metrics::pd_operator_finished(kind, f.outcome.label(), f.op.reason.as_str(), f.duration_ms);
+            tracing::info!(
+                id = f.op.id, shard = %f.op.shard, kind = %f.op.kind, reason = %f.op.reason,
+                outcome = ?f.outcome, duration_ms = f.duration_ms, "operator finished"
+            );
+        }
+        Ok(())
+    }
+
     /// The leader's periodic work: initial shards, then operators (finish,
     /// roll back), then the scheduler.
     async fn tick(&self) -> Result<(), ApiError> {
@@ -266,18 +285,7 @@ impl PdRuntime {
         if let Some(writes) = placement::create_initial_shards(&leader.state, &leader.observed, now_ms()) {
             self.commit(&replica, leader, writes).await?;
         }
-        let (writes, finished) = placement::operator::advance(&leader.state, &leader.observed, now_ms());
-        if !writes.is_empty() {
-            self.commit(&replica, leader, writes).await?;
-            for f in &finished {
-                let kind = operator_kind_label(&f.op.kind);
-                crate::metrics::pd_operator_finished(kind, f.outcome.label(), f.op.reason.as_str(), f.duration_ms);
-                tracing::info!(
-                    id = f.op.id, shard = %f.op.shard, kind = %f.op.kind, reason = %f.op.reason,
-                    outcome = ?f.outcome, duration_ms = f.duration_ms, "operator finished"
-                );
-            }
-        }
+        self.advance_operators(&replica, leader).await?;
         let plans = placement::schedule::schedule(&leader.state, &leader.observed, now_ms());
         if !plans.is_empty() {
             let (writes, ops) = placement::schedule::create(&leader.state, &plans, now_ms());
@@ -312,6 +320,12 @@ impl PdRuntime {
         if !outcome.writes.is_empty() {
             let replica = self.group()?;
             self.commit(&replica, leader, outcome.writes).await?;
+        }
+        // The report may show an operator's effect: finish it now rather than
+        // at the next tick.
+        if !leader.state.operators.is_empty() {
+            let replica = self.group()?;
+            self.advance_operators(&replica, leader).await?;
         }
         // Operator steps for this node, from the state just updated by its report.
         let now = now_ms();

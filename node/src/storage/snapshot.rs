@@ -158,7 +158,9 @@ impl SnapshotReader {
     /// the end. Blocking: call from a blocking thread.
     pub fn next_chunk(&mut self, max_bytes: usize) -> Result<Option<SnapshotChunk>, StorageError> {
         let data_id = self.view.record.data_id;
-        let mut out = SnapshotChunk::default();
+        // Room for the chunk and the record that crosses the bound, so the
+        // buffer is not regrown (and copied) while it fills.
+        let mut out = SnapshotChunk { bytes: Vec::with_capacity(max_bytes + (max_bytes / 4).min(256 << 10)), count: 0 };
         loop {
             match &self.phase {
                 Phase::Docs(after) => {
