@@ -5,6 +5,7 @@
 
 pub mod acceptance;
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod wait;
 

@@ -60,11 +60,14 @@ pub mod byte_pairs {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_bytes::{ByteBuf, Bytes};
 
+    /// Keys and values, in order.
+    pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
     pub fn serialize<S: Serializer>(pairs: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(pairs.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pairs, D::Error> {
         let pairs = Vec::<(ByteBuf, ByteBuf)>::deserialize(d)?;
         Ok(pairs.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect())
     }
