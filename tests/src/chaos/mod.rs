@@ -4,6 +4,7 @@
 
 pub mod history;
 pub mod linear;
+pub mod register;
 pub mod scan;
 pub mod set_full;
 
