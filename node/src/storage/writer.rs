@@ -530,24 +530,11 @@ fn execute(txn: &WriteTransaction, op: WriteOp) -> Result<Done, (StorageError, O
 fn execute_unit(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StorageError> {
     match op {
         WriteOp::TruncateLog { shard, from_index, .. } => {
-            let mut log = txn.open_table(RAFT_LOG)?;
-            let keys: Vec<u64> = log
-                .range((*shard, *from_index)..=(*shard, u64::MAX))?
-                .map(|r| r.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()?;
-            for i in keys {
-                log.remove((*shard, i))?;
-            }
+            // One pass over the range (no lookup per removed entry).
+            txn.open_table(RAFT_LOG)?.retain_in((*shard, *from_index)..=(*shard, u64::MAX), |_, _| false)?;
         }
         WriteOp::PurgeLog { shard, upto_index, purged, .. } => {
-            let mut log = txn.open_table(RAFT_LOG)?;
-            let keys: Vec<u64> = log
-                .range((*shard, 0)..=(*shard, *upto_index))?
-                .map(|r| r.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()?;
-            for i in keys {
-                log.remove((*shard, i))?;
-            }
+            txn.open_table(RAFT_LOG)?.retain_in((*shard, 0)..=(*shard, *upto_index), |_, _| false)?;
             txn.open_table(RAFT_META)?.insert((*shard, META_PURGED), encode_sealed_bytes(purged).as_slice())?;
         }
         WriteOp::SaveVote { shard, vote, .. } => {
@@ -675,12 +662,7 @@ fn destroy_shard(
     let tombstone = Tombstone { conf_ver: old.max(tombstone_conf_ver).max(local), destroyed_at_ms };
     txn.open_table(TOMBSTONES)?.insert(shard, encode_sealed(&tombstone).as_slice())?;
     txn.open_table(DATA_GC)?.insert(record.data_id, GC_GARBAGE)?;
-    let mut log = txn.open_table(RAFT_LOG)?;
-    let keys: Vec<u64> =
-        log.range((shard, 0)..=(shard, u64::MAX))?.map(|r| r.map(|(k, _)| k.value().1)).collect::<Result<_, _>>()?;
-    for i in keys {
-        log.remove((shard, i))?;
-    }
+    txn.open_table(RAFT_LOG)?.retain_in((shard, 0)..=(shard, u64::MAX), |_, _| false)?;
     let mut meta = txn.open_table(RAFT_META)?;
     for name in [META_VOTE, META_COMMITTED, META_PURGED] {
         meta.remove((shard, name))?;
