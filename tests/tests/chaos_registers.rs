@@ -26,7 +26,7 @@ async fn registers_stay_linearizable_while_leaders_and_replicas_move() -> anyhow
     let client = Client::connect_with(cluster.pd_endpoints(), ClientConfig::default()).await?;
     let recorder = Arc::new(Recorder::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = RegisterWorkload { keys: 6, processes: 8, seed: SEED };
+    let workload = RegisterWorkload { keys: 6, processes: 8, seed: SEED, ops_per_key: 1_000 };
     let running = tokio::spawn(register::run(client.clone(), workload, recorder.clone(), stop.clone()));
 
     // The nemesis: a seeded sequence of leader transfers and replica moves.

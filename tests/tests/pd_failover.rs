@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cairn_client::{Client, ClientConfig};
 use cairn_tests::wait_until;
-use common::ProcessCluster;
 
 const WRITERS: usize = 8;
 const READERS: usize = 4;
@@ -22,7 +21,7 @@ const PD_FAILOVER_DEADLINE: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_pd_leader_while_clients_run() -> anyhow::Result<()> {
-    let mut cluster = ProcessCluster::start(3, 4).await?;
+    let mut cluster = common::start(3, 4).await?;
     let client = Client::connect_with(cluster.pd_endpoints(), ClientConfig::default()).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));

@@ -24,7 +24,6 @@ use anyhow::Context;
 use cairn_client::{ClientConfig, NodeClient};
 use cairn_proto::{ApiError, Document, NodeId, Route, ShardId, ShardStatus, display_key};
 use cairn_tests::wait_until;
-use common::ProcessCluster;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -199,7 +198,7 @@ async fn sigkill_leader_loses_no_acknowledged_write() -> anyhow::Result<()> {
         Arc::new((0..DOCS).map(|i| (doc_key(&mut rng, i), rng.random_range(1..=3))).collect());
     let writes_planned: u32 = plan.iter().map(|(_, rounds)| rounds).sum();
 
-    let mut cluster = ProcessCluster::start(NODES, SHARDS).await?;
+    let mut cluster = common::start(NODES, SHARDS).await?;
     println!("cluster up in {:?}; data in {}", test_started.elapsed(), cluster.dir().display());
 
     // Writers: each takes the next document and writes all its rounds in order.
@@ -412,7 +411,7 @@ async fn sigterm_restart_all_keeps_data() -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let keys: Vec<Vec<u8>> = (0..DOCS).map(|i| doc_key(&mut rng, i)).collect();
 
-    let mut cluster = ProcessCluster::start(NODES, SHARDS).await?;
+    let mut cluster = common::start(NODES, SHARDS).await?;
     let client = cluster.client(ClientConfig::default())?;
     let written: Vec<Result<u64, ApiError>> = futures::stream::iter(keys.iter().enumerate())
         .map(|(i, key)| {

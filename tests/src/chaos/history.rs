@@ -130,7 +130,16 @@ pub fn from_events<I, O>(events: impl IntoIterator<Item = Event<I, O>>) -> anyho
         match event {
             Event::Invoke { id, process, key, input, time } => {
                 anyhow::ensure!(id == ops.len(), "event invokes operation {id}, expected {}", ops.len());
-                ops.push(Op { id, process, key, input, output: None, outcome: Outcome::Unknown, call: time, ret: None });
+                ops.push(Op {
+                    id,
+                    process,
+                    key,
+                    input,
+                    output: None,
+                    outcome: Outcome::Unknown,
+                    call: time,
+                    ret: None,
+                });
             }
             Event::Complete { id, outcome, output, time } => {
                 let op = ops.get_mut(id).ok_or_else(|| anyhow::anyhow!("completion of unknown operation {id}"))?;

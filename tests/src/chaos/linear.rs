@@ -18,10 +18,15 @@ use super::history::{Op, Outcome, Verdict};
 #[serde(rename_all = "lowercase")]
 pub enum RegIn {
     Read,
-    Write { value: u64 },
+    Write {
+        value: u64,
+    },
     /// Replaces `from` with `to` (done through the document's version, which
     /// identifies the value since every write makes a new one).
-    Cas { from: u64, to: u64 },
+    Cas {
+        from: u64,
+        to: u64,
+    },
 }
 
 /// What an `ok` register operation returned: the value read (none: the key
@@ -151,8 +156,7 @@ fn version_regression(ops: &[&RegOp]) -> Option<(String, Vec<usize>)> {
         Some(RegOut::Read { version, .. } | RegOut::Written { version }) => Some(version),
         None => None,
     };
-    let mut returned: Vec<(u64, u64, usize)> =
-        ops.iter().filter_map(|o| Some((o.ret?, version(o)?, o.id))).collect();
+    let mut returned: Vec<(u64, u64, usize)> = ops.iter().filter_map(|o| Some((o.ret?, version(o)?, o.id))).collect();
     returned.sort_unstable();
     let mut reads: Vec<&RegOp> = ops.iter().copied().filter(|o| matches!(o.input, RegIn::Read)).collect();
     reads.sort_unstable_by_key(|o| o.call);
@@ -395,9 +399,7 @@ mod tests {
         assert_eq!(r.verdict, Verdict::Invalid);
         assert!(r.reason.unwrap().contains("no write produced"));
         // A failed write's value does not count as written.
-        let h = H::new()
-            .op(RegIn::Write { value: 4 }, None, Outcome::Fail, 0, Some(1))
-            .read(Some(4), 0, 2, 3);
+        let h = H::new().op(RegIn::Write { value: 4 }, None, Outcome::Fail, 0, Some(1)).read(Some(4), 0, 2, 3);
         assert_eq!(h.check().verdict, Verdict::Invalid);
     }
 

@@ -26,32 +26,48 @@ pub fn write_outcome(err: &Error) -> Outcome {
     }
 }
 
-fn key_name(k: usize) -> String {
-    format!("r/{k:03}")
+/// The key `k` of window `window`: processes work on `keys` keys at a time
+/// and move to fresh ones after about `ops_per_key` operations each, so a
+/// long run keeps every key's history small enough to check (Jepsen's
+/// independent keys).
+fn key_name(window: u64, k: usize) -> String {
+    format!("r/{window:06}/{k:03}")
 }
 
 fn encode(value: u64) -> String {
     format!(r#"{{"v":{value}}}"#)
 }
 
-fn decode(bytes: &[u8]) -> Option<u64> {
+/// The value a register document holds.
+pub fn decode_value(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(bytes).ok()?.get("v")?.as_u64()
 }
 
 #[derive(Clone, Debug)]
 pub struct RegisterWorkload {
+    /// Keys worked on at a time.
     pub keys: usize,
     pub processes: usize,
     pub seed: u64,
+    /// Operations per key before the processes move to fresh keys.
+    pub ops_per_key: u64,
 }
 
 /// Runs the workload until `stop`; returns when every process has finished
 /// its operation in hand.
-pub async fn run(client: Client, workload: RegisterWorkload, recorder: Arc<Recorder<RegIn, RegOut>>, stop: Arc<AtomicBool>) {
+pub async fn run(
+    client: Client,
+    workload: RegisterWorkload,
+    recorder: Arc<Recorder<RegIn, RegOut>>,
+    stop: Arc<AtomicBool>,
+) {
     let values = Arc::new(AtomicU64::new(1));
+    let ops = Arc::new(AtomicU64::new(0));
+    let window_ops = (workload.keys as u64 * workload.ops_per_key).max(1);
     let mut tasks = Vec::new();
     for p in 0..workload.processes {
-        let (client, recorder, stop, values) = (client.clone(), recorder.clone(), stop.clone(), values.clone());
+        let (client, recorder, stop, values, ops) =
+            (client.clone(), recorder.clone(), stop.clone(), values.clone(), ops.clone());
         let keys = workload.keys;
         let mut rng = rand::rngs::StdRng::seed_from_u64(workload.seed.wrapping_mul(1_000_003).wrapping_add(p as u64));
         tasks.push(tokio::spawn(async move {
@@ -60,7 +76,8 @@ pub async fn run(client: Client, workload: RegisterWorkload, recorder: Arc<Recor
             let mut generation = 0u64;
             let process = |generation: u64| (p as u64) << 32 | generation;
             while !stop.load(Ordering::Relaxed) {
-                let key = key_name(rng.random_range(0..keys));
+                let window = ops.fetch_add(1, Ordering::Relaxed) / window_ops;
+                let key = key_name(window, rng.random_range(0..keys));
                 match rng.random_range(0..3) {
                     0 => {
                         read(&client, &recorder, process(generation), &key).await;
@@ -118,7 +135,7 @@ async fn read(
     match client.get(key).await {
         Ok(doc) => {
             let (value, version) = match doc {
-                Some(d) => (decode(&d.value), d.version),
+                Some(d) => (decode_value(&d.value), d.version),
                 None => (None, 0),
             };
             recorder.complete(id, Outcome::Ok, Some(RegOut::Read { value, version }));
@@ -148,7 +165,7 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        assert_eq!(decode(encode(42).as_bytes()), Some(42));
-        assert_eq!(decode(b"{}"), None);
+        assert_eq!(decode_value(encode(42).as_bytes()), Some(42));
+        assert_eq!(decode_value(b"{}"), None);
     }
 }

@@ -116,7 +116,15 @@ mod tests {
         fn new() -> Self {
             H(Vec::new())
         }
-        fn push(mut self, key: &str, input: ScanIn, output: Option<ScanOut>, outcome: Outcome, call: u64, ret: u64) -> Self {
+        fn push(
+            mut self,
+            key: &str,
+            input: ScanIn,
+            output: Option<ScanOut>,
+            outcome: Outcome,
+            call: u64,
+            ret: u64,
+        ) -> Self {
             let id = self.0.len();
             let ret = (outcome != Outcome::Unknown).then_some(ret);
             self.0.push(Op { id, process: 0, key: key.into(), input, output, outcome, call, ret });

@@ -1,0 +1,68 @@
+//! `chaos`: runs workloads against a cluster of real `cairn` processes while
+//! nemeses strike on a schedule drawn from the seed, checks the recorded
+//! histories and prints a report whose last line is `verdict: valid`,
+//! `verdict: invalid` or `verdict: unknown`. Exits 0 only for valid. See the
+//! README ("Chaos runs") and docs/rfcs/006-chaos.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_tests::chaos::Verdict;
+use cairn_tests::chaos::nemesis::Nemesis;
+use cairn_tests::chaos::run::{RunConfig, Workload, run};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "chaos")]
+struct Args {
+    /// Seed of the fault schedule and the workloads' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds of workload and faults (final reads and checks come after).
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Nemeses, comma separated: kill, pause, pd-leader, move.
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,move")]
+    nemesis: Vec<Nemesis>,
+    /// Workloads, comma separated: register, set.
+    #[arg(long, value_delimiter = ',', default_value = "register,set")]
+    workload: Vec<Workload>,
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// The server binary; default: `cairn` next to this executable, built
+    /// first with `cargo build -p cairn-node --bins` unless --no-build.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    #[arg(long)]
+    no_build: bool,
+    /// Keep the run's directory (histories, logs) even when it is valid.
+    #[arg(long)]
+    keep_dir: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    let server_bin = match args.server_bin {
+        Some(bin) => bin,
+        None => cairn_tests::acceptance::procs::Binaries::locate(!args.no_build)?.cairn,
+    };
+    anyhow::ensure!(args.nodes >= 3, "--nodes must be at least 3 (the PD has 3 members)");
+    anyhow::ensure!(args.time_limit >= 5, "--time-limit must be at least 5 s");
+    let config = RunConfig {
+        seed: args.seed,
+        time_limit: Duration::from_secs(args.time_limit),
+        nemeses: args.nemesis,
+        workloads: args.workload,
+        nodes: args.nodes,
+        shards: args.shards,
+        server_bin,
+        keep_dir: args.keep_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
+    let result = runtime.block_on(run(&config))?;
+    print!("{}", result.report);
+    std::process::exit(if result.verdict == Verdict::Valid { 0 } else { 1 });
+}

@@ -1,0 +1,176 @@
+//! Nemeses for a cluster of real processes, on a schedule drawn from a seed.
+//! The schedule is a pure function of (seed, nemeses, time limit, nodes): the
+//! same seed gives the same faults at the same offsets (the cluster's own
+//! timing still varies from run to run). Faults come one at a time, each
+//! healed before the next starts, so a majority of nodes is always up and
+//! every fault is healed before the final reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_client::PdClient;
+use cairn_proto::{NodeId, OperatorKind, ShardId};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::procs::ProcessCluster;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nemesis {
+    /// SIGKILL a node, restart it after the hold.
+    Kill,
+    /// SIGSTOP a node, SIGCONT it after the hold.
+    Pause,
+    /// SIGKILL whichever node leads the placement driver, restart it.
+    PdLeader,
+    /// Data movement: a leader transfer or a replica move through the PD.
+    Move,
+}
+
+impl Nemesis {
+    pub const ALL: [Nemesis; 4] = [Nemesis::Kill, Nemesis::Pause, Nemesis::PdLeader, Nemesis::Move];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Nemesis::Kill => "kill",
+            Nemesis::Pause => "pause",
+            Nemesis::PdLeader => "pd-leader",
+            Nemesis::Move => "move",
+        }
+    }
+}
+
+impl std::str::FromStr for Nemesis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Nemesis::ALL.into_iter().find(|n| n.name() == s).ok_or_else(|| {
+            let known: Vec<_> = Nemesis::ALL.iter().map(|n| n.name()).collect();
+            format!("unknown nemesis {s:?} (known: {})", known.join(", "))
+        })
+    }
+}
+
+/// One scheduled fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Offset from the start of the run.
+    pub at_ms: u64,
+    pub nemesis: Nemesis,
+    /// How long the fault lasts before it is healed.
+    pub hold_ms: u64,
+    /// Random choices the fault makes when it starts (target node, shard, ...).
+    pub pick: u64,
+}
+
+/// Quiet time between two faults, and how long one lasts.
+const GAP_MS: std::ops::Range<u64> = 300..1500;
+const HOLD_MS: std::ops::Range<u64> = 500..4000;
+
+/// The faults of a run of `time_limit` (none starts in its last 2 s).
+pub fn schedule(seed: u64, nemeses: &[Nemesis], time_limit: Duration) -> Vec<Fault> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let end = (time_limit.as_millis() as u64).saturating_sub(2_000);
+    let mut out = Vec::new();
+    let mut at = rng.random_range(GAP_MS);
+    while at < end && !nemeses.is_empty() {
+        let nemesis = nemeses[rng.random_range(0..nemeses.len())];
+        let hold_ms = if nemesis == Nemesis::Move { 0 } else { rng.random_range(HOLD_MS).min(end - at) };
+        out.push(Fault { at_ms: at, nemesis, hold_ms, pick: rng.random() });
+        at += hold_ms + rng.random_range(GAP_MS);
+    }
+    out
+}
+
+/// Carries out `fault` on `cluster`, healing it after its hold; returns what
+/// was done, for the report.
+pub async fn perform(cluster: &mut ProcessCluster, pd: &PdClient, fault: &Fault) -> anyhow::Result<String> {
+    let n = cluster.nodes.len();
+    let hold = Duration::from_millis(fault.hold_ms);
+    match fault.nemesis {
+        Nemesis::Kill => {
+            let i = (fault.pick % n as u64) as usize;
+            cluster.kill(i)?;
+            tokio::time::sleep(hold).await;
+            cluster.spawn(i)?;
+            Ok(format!("killed node {} for {} ms", cluster.nodes[i].id, fault.hold_ms))
+        }
+        Nemesis::Pause => {
+            let i = (fault.pick % n as u64) as usize;
+            cluster.pause(i)?;
+            tokio::time::sleep(hold).await;
+            cluster.resume(i)?;
+            Ok(format!("paused node {} for {} ms", cluster.nodes[i].id, fault.hold_ms))
+        }
+        Nemesis::PdLeader => {
+            let Some(id) = pd.cluster(0).await.ok().and_then(|s| s.pd_leader.map(|(id, _)| id)) else {
+                return Ok("PD leader unknown: nothing done".into());
+            };
+            let i = cluster.nodes.iter().position(|node| node.id == id).context("the PD leader is a cluster node")?;
+            cluster.kill(i)?;
+            tokio::time::sleep(hold).await;
+            cluster.spawn(i)?;
+            Ok(format!("killed the PD leader (node {id}) for {} ms", fault.hold_ms))
+        }
+        Nemesis::Move => {
+            let status = match pd.cluster(0).await {
+                Ok(s) => s,
+                Err(e) => return Ok(format!("no move (PD: {e})")),
+            };
+            let shards: Vec<_> = status.shards.iter().filter(|s| s.route.descriptor.id != ShardId(0)).collect();
+            if shards.is_empty() {
+                return Ok("no data shard to move".into());
+            }
+            let d = &shards[(fault.pick % shards.len() as u64) as usize].route.descriptor;
+            let on: Vec<NodeId> = d.replicas.iter().map(|r| r.node).collect();
+            let others: Vec<NodeId> = status.nodes.iter().map(|node| node.id).filter(|id| !on.contains(id)).collect();
+            let pick = fault.pick >> 8;
+            let kind = if pick.is_multiple_of(2) || others.is_empty() {
+                OperatorKind::TransferLeader { to: on[(pick as usize / 2) % on.len()] }
+            } else {
+                let from = on[(pick as usize / 2) % on.len()];
+                OperatorKind::MoveReplica { from, to: others[(pick as usize / 7) % others.len()] }
+            };
+            Ok(match pd.create_operator(d.id, kind.clone()).await {
+                Ok(op) => format!("operator {} on shard {}: {kind}", op.id, d.id),
+                Err(e) => format!("{kind} on shard {} refused: {e}", d.id),
+            })
+        }
+    }
+}
+
+/// Counts of faults by nemesis, for the report.
+pub fn counts(faults: &[Fault]) -> BTreeMap<&'static str, usize> {
+    let mut out = BTreeMap::new();
+    for f in faults {
+        *out.entry(f.nemesis.name()).or_default() += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let all = Nemesis::ALL;
+        let a = schedule(7, &all, Duration::from_secs(60));
+        assert_eq!(a, schedule(7, &all, Duration::from_secs(60)));
+        assert_ne!(a, schedule(8, &all, Duration::from_secs(60)));
+        assert!(a.len() >= 10, "{} faults in a minute", a.len());
+        // Faults do not overlap and end before the last 2 s.
+        for w in a.windows(2) {
+            assert!(w[0].at_ms + w[0].hold_ms < w[1].at_ms);
+        }
+        assert!(a.iter().all(|f| f.at_ms + f.hold_ms <= 58_000));
+        assert!(schedule(1, &[], Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn nemeses_parse_by_name() {
+        assert_eq!("pd-leader".parse::<Nemesis>(), Ok(Nemesis::PdLeader));
+        assert!("netem".parse::<Nemesis>().unwrap_err().contains("known: kill"));
+    }
+}

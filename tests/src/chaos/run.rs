@@ -1,0 +1,298 @@
+//! One chaos run against a cluster of real processes: workloads record their
+//! histories while the nemesis schedule runs, every fault is healed, final
+//! reads are made, the checkers judge, and a report in Jepsen's terms is
+//! printed. A run that is not valid keeps its directory: histories (JSON
+//! lines), the schedule, the faults as performed and every node's log.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, ClientConfig};
+
+use super::history::{Op, Outcome, Recorder, Verdict};
+use super::linear::{self, Limits, RegIn, RegOut};
+use super::nemesis::{self, Nemesis};
+use super::register::{self, RegisterWorkload};
+use super::set_full::{self, SetIn, SetOut};
+use super::set_workload;
+use crate::procs::{ProcessCluster, TEST_CONFIG_TOML};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Workload {
+    Register,
+    Set,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 2] = [Workload::Register, Workload::Set];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Register => "register",
+            Workload::Set => "set",
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown workload {s:?} (known: register, set)"))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub time_limit: Duration,
+    pub nemeses: Vec<Nemesis>,
+    pub workloads: Vec<Workload>,
+    pub nodes: usize,
+    pub shards: u32,
+    /// The `cairn` server binary.
+    pub server_bin: PathBuf,
+    /// Keep the directory even when the run is valid.
+    pub keep_dir: bool,
+}
+
+impl RunConfig {
+    /// The command that repeats this run (same seed, same schedule).
+    pub fn replay_command(&self) -> String {
+        let list = |v: Vec<&str>| v.join(",");
+        format!(
+            "cargo run --release -p cairn-tests --bin chaos -- --seed {} --time-limit {} --nemesis {} --workload {} --nodes {} --shards {}",
+            self.seed,
+            self.time_limit.as_secs(),
+            list(self.nemeses.iter().map(|n| n.name()).collect()),
+            list(self.workloads.iter().map(|w| w.name()).collect()),
+            self.nodes,
+            self.shards
+        )
+    }
+}
+
+/// Register keys and processes, set adders.
+const REGISTER_KEYS: usize = 8;
+const REGISTER_PROCESSES: usize = 8;
+/// Operations per register key before the processes move to fresh keys.
+const REGISTER_OPS_PER_KEY: u64 = 1_000;
+const SET_ADDERS: usize = 4;
+/// Attempts of each final read after the faults are healed.
+const FINAL_READ_ATTEMPTS: usize = 40;
+
+pub struct RunResult {
+    pub verdict: Verdict,
+    pub report: String,
+    /// The run's directory when kept.
+    pub kept: Option<PathBuf>,
+}
+
+fn history_log(dir: &std::path::Path, name: &str) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+    Ok(std::io::BufWriter::new(std::fs::File::create(dir.join(name))?))
+}
+
+fn by_outcome<I, O>(ops: &[Op<I, O>], kind: impl Fn(&I) -> &'static str) -> String {
+    let mut counts: BTreeMap<(&'static str, &'static str), usize> = BTreeMap::new();
+    for op in ops {
+        let outcome = match op.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Fail => "fail",
+            Outcome::Unknown => "unknown",
+        };
+        *counts.entry((kind(&op.input), outcome)).or_default() += 1;
+    }
+    counts.iter().map(|((k, o), n)| format!("{k} {o} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
+    let mut cluster = ProcessCluster::launch(&config.server_bin, config.nodes, config.shards, TEST_CONFIG_TOML).await?;
+    let dir = cluster.dir().to_path_buf();
+    let pd = cluster.pd_client()?;
+    let shards = config.shards as usize;
+    crate::wait_until("every shard to have its replicas and a leader", Duration::from_secs(60), || async {
+        let status = pd.cluster(0).await.ok()?;
+        let data: Vec<_> = status.shards.iter().filter(|s| s.route.descriptor.id.0 != 0).collect();
+        (data.len() == shards && data.iter().all(|s| s.route.leader.is_some()) && status.under_replicated() == 0)
+            .then_some(())
+    })
+    .await?;
+    let schedule = nemesis::schedule(config.seed, &config.nemeses, config.time_limit);
+    std::fs::write(dir.join("schedule.json"), serde_json::to_string_pretty(&schedule)?)?;
+    eprintln!("[chaos] cluster of {} nodes up in {}; {} faults scheduled", config.nodes, dir.display(), schedule.len());
+
+    let client_config = ClientConfig { operation_timeout: Duration::from_secs(5), ..ClientConfig::default() };
+    let client = Client::connect_with(cluster.pd_endpoints(), client_config).await?;
+    let registers: Arc<Recorder<RegIn, RegOut>> =
+        Arc::new(Recorder::with_log(history_log(&dir, "history-register.jsonl")?));
+    let set: Arc<Recorder<SetIn, SetOut>> = Arc::new(Recorder::with_log(history_log(&dir, "history-set.jsonl")?));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    if config.workloads.contains(&Workload::Register) {
+        let w = RegisterWorkload {
+            keys: REGISTER_KEYS,
+            processes: REGISTER_PROCESSES,
+            seed: config.seed,
+            ops_per_key: REGISTER_OPS_PER_KEY,
+        };
+        tasks.push(tokio::spawn(register::run(client.clone(), w, registers.clone(), stop.clone())));
+    }
+    if config.workloads.contains(&Workload::Set) {
+        tasks.push(tokio::spawn(set_workload::run(client.clone(), SET_ADDERS, set.clone(), stop.clone())));
+    }
+
+    // Progress every second.
+    let current = Arc::new(Mutex::new(String::from("none")));
+    let started = Instant::now();
+    let progress = {
+        let (registers, set, current, stop) = (registers.clone(), set.clone(), current.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (r, s) = (registers.history(), set.history());
+                let ok = r.iter().filter(|o| o.outcome == Outcome::Ok).count()
+                    + s.iter().filter(|o| o.outcome == Outcome::Ok).count();
+                let unknown = r.iter().filter(|o| o.outcome == Outcome::Unknown).count()
+                    + s.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+                let fault = current.lock().expect("fault lock").clone();
+                eprintln!(
+                    "[chaos] {:>5.1}s  ops {} (ok {ok}, open or unknown {unknown})  fault: {fault}",
+                    started.elapsed().as_secs_f64(),
+                    r.len() + s.len()
+                );
+            }
+        })
+    };
+
+    let mut performed = String::new();
+    for fault in &schedule {
+        let at = started + Duration::from_millis(fault.at_ms);
+        tokio::time::sleep_until(at.into()).await;
+        *current.lock().expect("fault lock") = format!("{} (for {} ms)", fault.nemesis.name(), fault.hold_ms);
+        let what = nemesis::perform(&mut cluster, &pd, fault).await?;
+        *current.lock().expect("fault lock") = "none".into();
+        let line = format!("{:>8} ms  {:<9}  {what}", fault.at_ms, fault.nemesis.name());
+        eprintln!("[chaos] {line}");
+        writeln!(performed, "{line}")?;
+    }
+    std::fs::write(dir.join("faults.log"), &performed)?;
+    tokio::time::sleep_until((started + config.time_limit).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let _ = progress.await;
+
+    // Every fault is healed; final reads.
+    eprintln!("[chaos] healed; final reads");
+    let mut final_ok = true;
+    if config.workloads.contains(&Workload::Register) {
+        let keys: std::collections::BTreeSet<String> = registers.history().into_iter().map(|o| o.key).collect();
+        for key in keys {
+            let mut read = false;
+            for _ in 0..FINAL_READ_ATTEMPTS {
+                let id = registers.invoke(u64::MAX, &key, RegIn::Read);
+                match client.get(&key).await {
+                    Ok(doc) => {
+                        let (value, version) = match doc {
+                            Some(d) => (register::decode_value(&d.value), d.version),
+                            None => (None, 0),
+                        };
+                        registers.complete(id, Outcome::Ok, Some(RegOut::Read { value, version }));
+                        read = true;
+                        break;
+                    }
+                    Err(_) => {
+                        registers.complete(id, Outcome::Fail, None);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            final_ok &= read;
+        }
+    }
+    if config.workloads.contains(&Workload::Set) {
+        final_ok &= set_workload::final_read(&client, &set, FINAL_READ_ATTEMPTS).await;
+    }
+
+    // Check and report.
+    let mut verdict = if final_ok { Verdict::Valid } else { Verdict::Unknown };
+    let mut report = String::new();
+    writeln!(
+        report,
+        "chaos run: seed {}, {} s, nemeses {}, workloads {}, {} nodes, {} shards",
+        config.seed,
+        config.time_limit.as_secs(),
+        config.nemeses.iter().map(|n| n.name()).collect::<Vec<_>>().join(","),
+        config.workloads.iter().map(|w| w.name()).collect::<Vec<_>>().join(","),
+        config.nodes,
+        config.shards
+    )?;
+    let faults = nemesis::counts(&schedule);
+    writeln!(report, "faults: {faults:?}")?;
+    if !final_ok {
+        writeln!(report, "final reads: some did not succeed after healing (verdict at best unknown)")?;
+    }
+    if config.workloads.contains(&Workload::Register) {
+        let h = registers.history();
+        let r = linear::check(&h, &Limits::default());
+        let kind = |i: &RegIn| match i {
+            RegIn::Read => "read",
+            RegIn::Write { .. } => "write",
+            RegIn::Cas { .. } => "cas",
+        };
+        writeln!(report, "register: {} operations: {}", h.len(), by_outcome(&h, kind))?;
+        writeln!(report, "  linearizability: {} keys checked, verdict {}", r.keys.len(), r.verdict)?;
+        for k in r.failures() {
+            writeln!(
+                report,
+                "  key {}: {} - {} (ops {:?})",
+                k.key,
+                k.verdict,
+                k.reason.as_deref().unwrap_or(""),
+                k.witness
+            )?;
+        }
+        verdict = verdict.and(r.verdict);
+    }
+    if config.workloads.contains(&Workload::Set) {
+        let h = set.history();
+        let r = set_full::check(&h);
+        let kind = |i: &SetIn| match i {
+            SetIn::Add { .. } => "add",
+            SetIn::Read => "read",
+        };
+        writeln!(report, "set: {} operations: {}", h.len(), by_outcome(&h, kind))?;
+        writeln!(
+            report,
+            "  set-full: {} acknowledged, {} ok, lost {:?}, stale {:?}, unexpected {:?}, duplicated {:?}, never read {}, unchecked {}; verdict {}",
+            r.acknowledged,
+            r.ok,
+            r.lost,
+            r.stale,
+            r.unexpected,
+            r.duplicated,
+            r.never_read,
+            r.unchecked.len(),
+            r.verdict()
+        )?;
+        verdict = verdict.and(r.verdict());
+    }
+    let kept = if verdict != Verdict::Valid || config.keep_dir {
+        let dir = cluster.keep();
+        writeln!(report, "kept: {} (histories, schedule.json, faults.log, node-*/node.log)", dir.display())?;
+        writeln!(report, "replay: {}", config.replay_command())?;
+        Some(dir)
+    } else {
+        cluster.finish();
+        None
+    };
+    writeln!(report, "verdict: {verdict}")?;
+    Ok(RunResult { verdict, report, kept })
+}

@@ -1,0 +1,41 @@
+//! The `chaos` command against real processes, two nemesis mixes (RFC 006):
+//! kills and pauses; PD leader kills and data movement. Each run must end
+//! with `verdict: valid` and exit 0. (The in-process mix is
+//! `chaos_registers.rs`; the checkers' rejections of bad histories are unit
+//! tests in `cairn_tests::chaos`.)
+
+use std::process::Command;
+
+const CHAOS: &str = env!("CARGO_BIN_EXE_chaos");
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_cairn-test-node");
+
+fn chaos(seed: u64, nemesis: &str) -> anyhow::Result<()> {
+    let out = Command::new(CHAOS)
+        .args(["--seed", &seed.to_string(), "--time-limit", "20", "--nemesis", nemesis])
+        .args(["--workload", "register,set", "--server-bin", NODE_BIN])
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    if !out.status.success() || last != "verdict: valid" {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        anyhow::bail!(
+            "chaos --seed {seed} --nemesis {nemesis}: {} / {last:?}\n{}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn kills_and_pauses_keep_histories_valid() -> anyhow::Result<()> {
+    chaos(11, "kill,pause")
+}
+
+#[test]
+fn pd_leader_kills_and_moves_keep_histories_valid() -> anyhow::Result<()> {
+    chaos(12, "pd-leader,move")
+}
