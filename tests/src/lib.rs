@@ -7,6 +7,7 @@ pub mod acceptance;
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
+pub mod netns;
 pub mod procs;
 pub mod wait;
 

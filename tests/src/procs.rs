@@ -59,6 +59,8 @@ pub struct ProcNode {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The network namespace the node runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
     child: Option<Child>,
     /// How many times this node has been started (for the log file).
     starts: u32,
@@ -121,19 +123,33 @@ impl ProcessCluster {
     /// every shard, so [`wait_for_leaders`](Self::wait_for_leaders) does not
     /// apply: ask the PD instead).
     pub async fn launch(bin: &Path, n: usize, shards: u32, config_toml: &str) -> anyhow::Result<ProcessCluster> {
+        let places = (0..n).map(|_| Ok((free_port()?, None))).collect::<anyhow::Result<Vec<_>>>()?;
+        Self::launch_at(bin, places, shards, config_toml).await
+    }
+
+    /// Like [`launch`](Self::launch), one node per `(address, network
+    /// namespace)`; a node with a namespace runs under `ip netns exec`.
+    pub async fn launch_at(
+        bin: &Path,
+        places: Vec<(SocketAddr, Option<String>)>,
+        shards: u32,
+        config_toml: &str,
+    ) -> anyhow::Result<ProcessCluster> {
+        let n = places.len();
         let dir = tempfile::Builder::new().prefix("cairn-proc-").tempdir()?;
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, with_pd_heartbeat(config_toml))?;
         let mut nodes = Vec::new();
-        for i in 0..n {
+        for (i, (addr, netns)) in places.into_iter().enumerate() {
             // PD members have fixed ids; the others learn theirs from the PD.
             let id = if i < PD_MEMBERS { i as u64 + 1 } else { 0 };
             let node_dir = dir.path().join(format!("node-{}", i + 1));
             nodes.push(ProcNode {
                 id: NodeId(id),
-                addr: free_port()?,
+                addr,
                 data_dir: node_dir.join("data"),
                 log_path: node_dir.join("node.log"),
+                netns,
                 child: None,
                 starts: 0,
             });
@@ -206,7 +222,14 @@ impl ProcessCluster {
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
         use std::io::Write;
         writeln!(log, "===== test harness: start #{} of node {} =====", node.starts, node.id)?;
-        let mut command = Command::new(&self.bin);
+        let mut command = match &node.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         command
             .arg("server")
             .arg("--config")

@@ -21,7 +21,8 @@ struct Args {
     /// Seconds of workload and faults (final reads and checks come after).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// Nemeses, comma separated: kill, pause, pd-leader, move.
+    /// Nemeses, comma separated: kill, pause, pd-leader, move, partition
+    /// (partition needs root: network namespaces and iptables).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,move")]
     nemesis: Vec<Nemesis>,
     /// Workloads, comma separated: register, set.

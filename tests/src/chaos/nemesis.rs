@@ -14,6 +14,7 @@ use cairn_proto::{NodeId, OperatorKind, ShardId};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::netns::Network;
 use crate::procs::ProcessCluster;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -27,10 +28,14 @@ pub enum Nemesis {
     PdLeader,
     /// Data movement: a leader transfer or a replica move through the PD.
     Move,
+    /// A network partition (root only: namespaces and iptables): one node
+    /// isolated, a majority and a minority, a ring of overlapping majorities,
+    /// or the PD leader isolated.
+    Partition,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 4] = [Nemesis::Kill, Nemesis::Pause, Nemesis::PdLeader, Nemesis::Move];
+    pub const ALL: [Nemesis; 5] = [Nemesis::Kill, Nemesis::Pause, Nemesis::PdLeader, Nemesis::Move, Nemesis::Partition];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +43,7 @@ impl Nemesis {
             Nemesis::Pause => "pause",
             Nemesis::PdLeader => "pd-leader",
             Nemesis::Move => "move",
+            Nemesis::Partition => "partition",
         }
     }
 }
@@ -85,7 +91,12 @@ pub fn schedule(seed: u64, nemeses: &[Nemesis], time_limit: Duration) -> Vec<Fau
 
 /// Carries out `fault` on `cluster`, healing it after its hold; returns what
 /// was done, for the report.
-pub async fn perform(cluster: &mut ProcessCluster, pd: &PdClient, fault: &Fault) -> anyhow::Result<String> {
+pub async fn perform(
+    cluster: &mut ProcessCluster,
+    net: Option<&Network>,
+    pd: &PdClient,
+    fault: &Fault,
+) -> anyhow::Result<String> {
     let n = cluster.nodes.len();
     let hold = Duration::from_millis(fault.hold_ms);
     match fault.nemesis {
@@ -113,6 +124,19 @@ pub async fn perform(cluster: &mut ProcessCluster, pd: &PdClient, fault: &Fault)
             cluster.spawn(i)?;
             Ok(format!("killed the PD leader (node {id}) for {} ms", fault.hold_ms))
         }
+        Nemesis::Partition => {
+            let Some(net) = net else {
+                return Ok("skipped: partitions need the namespace network (root)".into());
+            };
+            let (shape, what) = partition_shape(n, fault.pick, pd_leader_index(cluster, pd).await);
+            match shape {
+                Shape::Groups(groups) => net.partition(&groups)?,
+                Shape::Links(links) => net.keep_links(&links)?,
+            }
+            tokio::time::sleep(hold).await;
+            net.heal()?;
+            Ok(format!("{what} for {} ms", fault.hold_ms))
+        }
         Nemesis::Move => {
             let status = match pd.cluster(0).await {
                 Ok(s) => s,
@@ -136,6 +160,49 @@ pub async fn perform(cluster: &mut ProcessCluster, pd: &PdClient, fault: &Fault)
                 Ok(op) => format!("operator {} on shard {}: {kind}", op.id, d.id),
                 Err(e) => format!("{kind} on shard {} refused: {e}", d.id),
             })
+        }
+    }
+}
+
+async fn pd_leader_index(cluster: &ProcessCluster, pd: &PdClient) -> Option<usize> {
+    let id = pd.cluster(0).await.ok()?.pd_leader?.0;
+    cluster.nodes.iter().position(|node| node.id == id)
+}
+
+/// How a partition cuts the network.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Only nodes of the same group talk.
+    Groups(Vec<Vec<usize>>),
+    /// `links[a]`: the nodes `a` still talks to.
+    Links(Vec<Vec<usize>>),
+}
+
+/// The partition `pick` selects among `n` nodes, and its description.
+pub fn partition_shape(n: usize, pick: u64, pd_leader: Option<usize>) -> (Shape, String) {
+    let one = (pick >> 8) as usize % n;
+    match pick % 4 {
+        0 => {
+            let rest: Vec<usize> = (0..n).filter(|i| *i != one).collect();
+            (Shape::Groups(vec![vec![one], rest]), format!("isolated node index {one}"))
+        }
+        1 => {
+            // A minority of n/2 nodes starting at `one`, the rest the majority.
+            let minority: Vec<usize> = (0..n / 2).map(|k| (one + k) % n).collect();
+            let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
+            let what = format!("majority {majority:?} / minority {minority:?}");
+            (Shape::Groups(vec![majority, minority]), what)
+        }
+        2 => {
+            // Each node talks to its neighbours on a ring: every node sees a
+            // majority (with n = 5) but no two majorities are the same.
+            let links: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + n - 1) % n, (i + 1) % n]).collect();
+            (Shape::Links(links), "ring of overlapping majorities".into())
+        }
+        _ => {
+            let leader = pd_leader.unwrap_or(one);
+            let rest: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
+            (Shape::Groups(vec![vec![leader], rest]), format!("isolated the PD leader (index {leader})"))
         }
     }
 }
@@ -166,6 +233,18 @@ mod tests {
         }
         assert!(a.iter().all(|f| f.at_ms + f.hold_ms <= 58_000));
         assert!(schedule(1, &[], Duration::from_secs(60)).is_empty());
+    }
+
+    #[test]
+    fn partition_shapes_cut_as_described() {
+        let (shape, _) = partition_shape(5, 0 | (2 << 8), None);
+        assert_eq!(shape, Shape::Groups(vec![vec![2], vec![0, 1, 3, 4]]));
+        let (shape, _) = partition_shape(5, 1 | (4 << 8), None);
+        assert_eq!(shape, Shape::Groups(vec![vec![1, 2, 3], vec![4, 0]]));
+        let (Shape::Links(links), _) = partition_shape(5, 2, None) else { panic!("a ring") };
+        assert_eq!(links[0], vec![4, 1]);
+        let (shape, _) = partition_shape(5, 3, Some(1));
+        assert_eq!(shape, Shape::Groups(vec![vec![1], vec![0, 2, 3, 4]]));
     }
 
     #[test]

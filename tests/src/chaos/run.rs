@@ -19,6 +19,7 @@ use super::nemesis::{self, Nemesis};
 use super::register::{self, RegisterWorkload};
 use super::set_full::{self, SetIn, SetOut};
 use super::set_workload;
+use crate::netns::Network;
 use crate::procs::{ProcessCluster, TEST_CONFIG_TOML};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,7 +113,25 @@ fn by_outcome<I, O>(ops: &[Op<I, O>], kind: impl Fn(&I) -> &'static str) -> Stri
 }
 
 pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
-    let mut cluster = ProcessCluster::launch(&config.server_bin, config.nodes, config.shards, TEST_CONFIG_TOML).await?;
+    // Partitions need a network of namespaces (root); without one the other
+    // nemeses run on loopback and partitions are reported as skipped.
+    let net = if config.nemeses.contains(&Nemesis::Partition) {
+        match Network::create(config.nodes) {
+            Ok(net) => Some(net),
+            Err(e) => {
+                eprintln!("[chaos] partitions skipped: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut cluster = match &net {
+        Some(net) => {
+            ProcessCluster::launch_at(&config.server_bin, net.places(), config.shards, TEST_CONFIG_TOML).await?
+        }
+        None => ProcessCluster::launch(&config.server_bin, config.nodes, config.shards, TEST_CONFIG_TOML).await?,
+    };
     let dir = cluster.dir().to_path_buf();
     let pd = cluster.pd_client()?;
     let shards = config.shards as usize;
@@ -175,7 +194,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         let at = started + Duration::from_millis(fault.at_ms);
         tokio::time::sleep_until(at.into()).await;
         *current.lock().expect("fault lock") = format!("{} (for {} ms)", fault.nemesis.name(), fault.hold_ms);
-        let what = nemesis::perform(&mut cluster, &pd, fault).await?;
+        let what = nemesis::perform(&mut cluster, net.as_ref(), &pd, fault).await?;
         *current.lock().expect("fault lock") = "none".into();
         let line = format!("{:>8} ms  {:<9}  {what}", fault.at_ms, fault.nemesis.name());
         eprintln!("[chaos] {line}");
