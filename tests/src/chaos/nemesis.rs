@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn partition_shapes_cut_as_described() {
-        let (shape, _) = partition_shape(5, 0 | (2 << 8), None);
+        let (shape, _) = partition_shape(5, 2 << 8, None);
         assert_eq!(shape, Shape::Groups(vec![vec![2], vec![0, 1, 3, 4]]));
         let (shape, _) = partition_shape(5, 1 | (4 << 8), None);
         assert_eq!(shape, Shape::Groups(vec![vec![1, 2, 3], vec![4, 0]]));
