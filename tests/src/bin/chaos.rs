@@ -25,8 +25,8 @@ struct Args {
     /// (partition needs root: network namespaces and iptables).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,move")]
     nemesis: Vec<Nemesis>,
-    /// Workloads, comma separated: register, set.
-    #[arg(long, value_delimiter = ',', default_value = "register,set")]
+    /// Workloads, comma separated: register, set, scan.
+    #[arg(long, value_delimiter = ',', default_value = "register,set,scan")]
     workload: Vec<Workload>,
     #[arg(long, default_value_t = 5)]
     nodes: usize,

@@ -9,6 +9,7 @@ pub mod nemesis;
 pub mod register;
 pub mod run;
 pub mod scan;
+pub mod scan_workload;
 pub mod set_full;
 pub mod set_workload;
 

@@ -17,8 +17,9 @@ use super::history::{Op, Outcome, Recorder, Verdict};
 use super::linear::{self, Limits, RegIn, RegOut};
 use super::nemesis::{self, Nemesis};
 use super::register::{self, RegisterWorkload};
+use super::scan::{self as scan_check, ScanIn, ScanOut};
 use super::set_full::{self, SetIn, SetOut};
-use super::set_workload;
+use super::{scan_workload, set_workload};
 use crate::netns::Network;
 use crate::procs::{ProcessCluster, TEST_CONFIG_TOML};
 
@@ -26,15 +27,17 @@ use crate::procs::{ProcessCluster, TEST_CONFIG_TOML};
 pub enum Workload {
     Register,
     Set,
+    Scan,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 2] = [Workload::Register, Workload::Set];
+    pub const ALL: [Workload; 3] = [Workload::Register, Workload::Set, Workload::Scan];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Register => "register",
             Workload::Set => "set",
+            Workload::Scan => "scan",
         }
     }
 }
@@ -45,7 +48,7 @@ impl std::str::FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name() == s)
-            .ok_or_else(|| format!("unknown workload {s:?} (known: register, set)"))
+            .ok_or_else(|| format!("unknown workload {s:?} (known: register, set, scan)"))
     }
 }
 
@@ -85,6 +88,7 @@ const REGISTER_PROCESSES: usize = 8;
 /// Operations per register key before the processes move to fresh keys.
 const REGISTER_OPS_PER_KEY: u64 = 1_000;
 const SET_ADDERS: usize = 4;
+const SCAN_WRITERS: usize = 4;
 /// Attempts of each final read after the faults are healed.
 const FINAL_READ_ATTEMPTS: usize = 40;
 
@@ -151,8 +155,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let registers: Arc<Recorder<RegIn, RegOut>> =
         Arc::new(Recorder::with_log(history_log(&dir, "history-register.jsonl")?));
     let set: Arc<Recorder<SetIn, SetOut>> = Arc::new(Recorder::with_log(history_log(&dir, "history-set.jsonl")?));
+    let scans: Arc<Recorder<ScanIn, ScanOut>> = Arc::new(Recorder::with_log(history_log(&dir, "history-scan.jsonl")?));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    if config.workloads.contains(&Workload::Scan) {
+        let run = scan_workload::run(client.clone(), SCAN_WRITERS, config.seed, scans.clone(), stop.clone());
+        tasks.push(tokio::spawn(run));
+    }
     if config.workloads.contains(&Workload::Register) {
         let w = RegisterWorkload {
             keys: REGISTER_KEYS,
@@ -239,6 +248,17 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     if config.workloads.contains(&Workload::Set) {
         final_ok &= set_workload::final_read(&client, &set, FINAL_READ_ATTEMPTS).await;
     }
+    if config.workloads.contains(&Workload::Scan) {
+        let mut scanned = false;
+        for _ in 0..FINAL_READ_ATTEMPTS {
+            if scan_workload::scan(&client, &scans).await {
+                scanned = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        final_ok &= scanned;
+    }
 
     // Check and report.
     let mut verdict = if final_ok { Verdict::Valid } else { Verdict::Unknown };
@@ -302,6 +322,21 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             r.verdict()
         )?;
         verdict = verdict.and(r.verdict());
+    }
+    if config.workloads.contains(&Workload::Scan) {
+        let h = scans.history();
+        let r = scan_check::check(&h);
+        let kind = |i: &ScanIn| match i {
+            ScanIn::Insert => "insert",
+            ScanIn::Delete => "delete",
+            ScanIn::Scan => "scan",
+        };
+        writeln!(report, "scan: {} operations: {}", h.len(), by_outcome(&h, kind))?;
+        writeln!(report, "  scans: {} checked, {} keys returned, verdict {}", r.scans, r.keys_checked, r.verdict)?;
+        for e in &r.errors {
+            writeln!(report, "  scan op {}: key {} {}", e.scan, e.key, e.kind)?;
+        }
+        verdict = verdict.and(r.verdict);
     }
     let kept = if verdict != Verdict::Valid || config.keep_dir {
         let dir = cluster.keep();
