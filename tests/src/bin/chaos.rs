@@ -21,9 +21,10 @@ struct Args {
     /// Seconds of workload and faults (final reads and checks come after).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// Nemeses, comma separated: kill, pause, pd-leader, move, partition
-    /// (partition needs root: network namespaces and iptables).
-    #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,move")]
+    /// Nemeses, comma separated: kill, pause, pd-leader, move, partition,
+    /// drain, replication (partition needs root: network namespaces and
+    /// iptables; without root it is skipped with a message).
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,move,partition,drain,replication")]
     nemesis: Vec<Nemesis>,
     /// Workloads, comma separated: register, set, scan.
     #[arg(long, value_delimiter = ',', default_value = "register,set,scan")]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_client::PdClient;
-use cairn_proto::{NodeId, OperatorKind, ShardId};
+use cairn_proto::{AdminRequest, NodeId, OperatorKind, ShardId};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +32,24 @@ pub enum Nemesis {
     /// isolated, a majority and a minority, a ring of overlapping majorities,
     /// or the PD leader isolated.
     Partition,
+    /// Drain a node (every replica and leader moves off it), then make it
+    /// active again after the hold.
+    Drain,
+    /// Replication factor 3 -> 5 for the hold, then back to 3 (replicas are
+    /// added, then removed).
+    Replication,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 5] = [Nemesis::Kill, Nemesis::Pause, Nemesis::PdLeader, Nemesis::Move, Nemesis::Partition];
+    pub const ALL: [Nemesis; 7] = [
+        Nemesis::Kill,
+        Nemesis::Pause,
+        Nemesis::PdLeader,
+        Nemesis::Move,
+        Nemesis::Partition,
+        Nemesis::Drain,
+        Nemesis::Replication,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +58,8 @@ impl Nemesis {
             Nemesis::PdLeader => "pd-leader",
             Nemesis::Move => "move",
             Nemesis::Partition => "partition",
+            Nemesis::Drain => "drain",
+            Nemesis::Replication => "replication",
         }
     }
 }
@@ -70,6 +86,9 @@ pub struct Fault {
     pub pick: u64,
 }
 
+/// Attempts to undo an administrative fault (0.5 s apart) before the run fails.
+const HEAL_ATTEMPTS: usize = 60;
+
 /// Quiet time between two faults, and how long one lasts.
 const GAP_MS: std::ops::Range<u64> = 300..1500;
 const HOLD_MS: std::ops::Range<u64> = 500..4000;
@@ -82,7 +101,10 @@ pub fn schedule(seed: u64, nemeses: &[Nemesis], time_limit: Duration) -> Vec<Fau
     let mut at = rng.random_range(GAP_MS);
     while at < end && !nemeses.is_empty() {
         let nemesis = nemeses[rng.random_range(0..nemeses.len())];
-        let hold_ms = if nemesis == Nemesis::Move { 0 } else { rng.random_range(HOLD_MS).min(end - at) };
+        let hold_ms = match nemesis {
+            Nemesis::Move => 0,
+            _ => rng.random_range(HOLD_MS).min(end - at),
+        };
         out.push(Fault { at_ms: at, nemesis, hold_ms, pick: rng.random() });
         at += hold_ms + rng.random_range(GAP_MS);
     }
@@ -136,6 +158,38 @@ pub async fn perform(
             tokio::time::sleep(hold).await;
             net.heal()?;
             Ok(format!("{what} for {} ms", fault.hold_ms))
+        }
+        Nemesis::Drain => {
+            let id = cluster.nodes[(fault.pick % n as u64) as usize].id;
+            if let Err(e) = pd.set_node_state(id, AdminRequest::Draining).await {
+                return Ok(format!("drain of node {id} refused: {e}"));
+            }
+            tokio::time::sleep(hold).await;
+            // The PD must take the node back whatever happened meanwhile.
+            let mut last = String::new();
+            for _ in 0..HEAL_ATTEMPTS {
+                match pd.set_node_state(id, AdminRequest::Active).await {
+                    Ok(_) => return Ok(format!("drained node {id} for {} ms, then active again", fault.hold_ms)),
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            anyhow::bail!("node {id} could not be made active again: {last}")
+        }
+        Nemesis::Replication => {
+            if let Err(e) = pd.set_setting("replication-factor", "5").await {
+                return Ok(format!("replication factor 5 refused: {e}"));
+            }
+            tokio::time::sleep(hold).await;
+            let mut last = String::new();
+            for _ in 0..HEAL_ATTEMPTS {
+                match pd.set_setting("replication-factor", "3").await {
+                    Ok(_) => return Ok(format!("replication factor 5 for {} ms, then 3", fault.hold_ms)),
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            anyhow::bail!("replication factor could not be set back to 3: {last}")
         }
         Nemesis::Move => {
             let status = match pd.cluster(0).await {
