@@ -64,7 +64,16 @@ fn main() -> anyhow::Result<()> {
         keep_dir: args.keep_dir,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build()?;
-    let result = runtime.block_on(run(&config))?;
+    // On SIGINT or SIGTERM the run is dropped: its nodes are killed, its
+    // network namespaces deleted and its directory kept.
+    let result = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(&config) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (SIGINT); nodes stopped")),
+            _ = term.recv() => Err(anyhow::anyhow!("interrupted (SIGTERM); nodes stopped")),
+        }
+    })?;
     print!("{}", result.report);
     std::process::exit(if result.verdict == Verdict::Valid { 0 } else { 1 });
 }

@@ -66,11 +66,22 @@ pub struct Recorder<I, O> {
 struct Inner<I, O> {
     ops: Vec<Op<I, O>>,
     log: Option<Box<dyn Write + Send>>,
+    /// Completed operations by outcome: ok, fail, unknown.
+    done: [usize; 3],
+}
+
+/// Operations recorded so far, for progress lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub invoked: usize,
+    pub ok: usize,
+    pub fail: usize,
+    pub unknown: usize,
 }
 
 impl<I: Clone + Serialize, O: Clone + Serialize> Recorder<I, O> {
     pub fn new() -> Self {
-        Self { start: Instant::now(), inner: Mutex::new(Inner { ops: Vec::new(), log: None }) }
+        Self { start: Instant::now(), inner: Mutex::new(Inner { ops: Vec::new(), log: None, done: [0; 3] }) }
     }
 
     /// Also writes every event to `log` as a JSON line.
@@ -105,10 +116,17 @@ impl<I: Clone + Serialize, O: Clone + Serialize> Recorder<I, O> {
             let event = Event::<I, O>::Complete { id, outcome, output: output.clone(), time };
             let _ = writeln!(log, "{}", serde_json::to_string(&event).expect("event to JSON"));
         }
+        inner.done[outcome as usize] += 1;
         let op = &mut inner.ops[id];
         op.outcome = outcome;
         op.output = output;
         op.ret = (outcome != Outcome::Unknown).then_some(time);
+    }
+
+    /// How many operations were invoked and how each completed.
+    pub fn counts(&self) -> Counts {
+        let inner = self.inner.lock().expect("recorder lock");
+        Counts { invoked: inner.ops.len(), ok: inner.done[0], fail: inner.done[1], unknown: inner.done[2] }
     }
 
     /// The history so far (open operations as `unknown`).

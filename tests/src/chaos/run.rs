@@ -179,20 +179,20 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     let current = Arc::new(Mutex::new(String::from("none")));
     let started = Instant::now();
     let progress = {
-        let (registers, set, current, stop) = (registers.clone(), set.clone(), current.clone(), stop.clone());
+        let (registers, set, scans, current, stop) =
+            (registers.clone(), set.clone(), scans.clone(), current.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let (r, s) = (registers.history(), set.history());
-                let ok = r.iter().filter(|o| o.outcome == Outcome::Ok).count()
-                    + s.iter().filter(|o| o.outcome == Outcome::Ok).count();
-                let unknown = r.iter().filter(|o| o.outcome == Outcome::Unknown).count()
-                    + s.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+                let (r, s, c) = (registers.counts(), set.counts(), scans.counts());
                 let fault = current.lock().expect("fault lock").clone();
                 eprintln!(
-                    "[chaos] {:>5.1}s  ops {} (ok {ok}, open or unknown {unknown})  fault: {fault}",
+                    "[chaos] {:>6.1}s  ops {} (ok {}, fail {}, unknown {})  fault: {fault}",
                     started.elapsed().as_secs_f64(),
-                    r.len() + s.len()
+                    r.invoked + s.invoked + c.invoked,
+                    r.ok + s.ok + c.ok,
+                    r.fail + s.fail + c.fail,
+                    r.unknown + s.unknown + c.unknown,
                 );
             }
         })
@@ -302,7 +302,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     }
     if config.workloads.contains(&Workload::Set) {
         let h = set.history();
-        let r = set_full::check(&h);
+        let r = set_full::check_all(&h);
         let kind = |i: &SetIn| match i {
             SetIn::Add { .. } => "add",
             SetIn::Read => "read",

@@ -72,8 +72,26 @@ pub fn check(history: &[ScanOp]) -> ScanReport {
     let mut error = |scan: &ScanOp, key: &str, kind: &'static str| {
         errors.push(ScanError { scan: scan.id, key: key.to_string(), kind });
     };
+    // Keys that must be present, as a sweep over the scans in call order:
+    // acknowledged before the scan began, with a delete (if any) begun later.
+    let delete_call = |key: &str| -> u64 {
+        deletes.get(key).filter(|d| d.outcome != Outcome::Fail).map(|d| d.call).unwrap_or(u64::MAX)
+    };
+    let mut acked: Vec<(u64, &str)> =
+        inserts.iter().filter(|(_, i)| i.outcome == Outcome::Ok).map(|(k, i)| (i.ret_or_max(), *k)).collect();
+    acked.sort_unstable();
+    scans.sort_by_key(|(s, _)| s.call);
+    let mut next_acked = 0;
+    // Key -> when its delete began (u64::MAX: never).
+    let mut required: BTreeMap<&str, u64> = BTreeMap::new();
     for (scan, keys) in &scans {
         let end = scan.ret_or_max();
+        while next_acked < acked.len() && acked[next_acked].0 < scan.call {
+            let key = acked[next_acked].1;
+            required.insert(key, delete_call(key));
+            next_acked += 1;
+        }
+        required.retain(|_, deleted| *deleted >= scan.call);
         for pair in keys.windows(2) {
             if pair[0] >= pair[1] {
                 error(scan, &pair[1], if pair[0] == pair[1] { "repeated" } else { "out of order" });
@@ -93,10 +111,8 @@ pub fn check(history: &[ScanOp]) -> ScanReport {
                 error(scan, key, "deleted before the scan began");
             }
         }
-        for (key, insert) in &inserts {
-            let acked_before = insert.outcome == Outcome::Ok && insert.ret_or_max() < scan.call;
-            let delete_begun = deletes.get(key).is_some_and(|d| d.outcome != Outcome::Fail && d.call < end);
-            if acked_before && !delete_begun && !returned.contains(key) {
+        for (key, deleted) in &required {
+            if *deleted >= end && !returned.contains(key) {
                 error(scan, key, "skipped");
             }
         }

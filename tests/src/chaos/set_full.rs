@@ -149,6 +149,31 @@ pub fn check(history: &[SetOp]) -> SetReport {
     report
 }
 
+/// [`check`] per key (each key an independent set, e.g. a window of
+/// elements), merged: counts summed, lists joined, the worst verdict.
+pub fn check_all(history: &[SetOp]) -> SetReport {
+    let mut by_key: BTreeMap<&str, Vec<SetOp>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key.as_str()).or_default().push(op.clone());
+    }
+    let mut all = SetReport { verdict: Some(Verdict::Valid), ..SetReport::default() };
+    for ops in by_key.values() {
+        let r = check(ops);
+        all.verdict = Some(all.verdict().and(r.verdict()));
+        all.attempted += r.attempted;
+        all.acknowledged += r.acknowledged;
+        all.ok += r.ok;
+        all.reads += r.reads;
+        all.never_read += r.never_read;
+        all.lost.extend(r.lost);
+        all.stale.extend(r.stale);
+        all.unexpected.extend(r.unexpected);
+        all.duplicated.extend(r.duplicated);
+        all.unchecked.extend(r.unchecked);
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +244,19 @@ mod tests {
         let twice = H::new().add(1, Outcome::Ok, 0, 1).read(&[1, 1], 2, 3);
         let r = check(&twice.0);
         assert_eq!((r.duplicated.clone(), r.verdict()), (vec![1], Verdict::Invalid));
+    }
+
+    #[test]
+    fn sets_are_checked_per_key() {
+        let mut h = H::new().add(1, Outcome::Ok, 0, 1).read(&[1], 2, 3).0;
+        let mut other = H::new().add(2, Outcome::Ok, 0, 1).read(&[], 2, 3).0;
+        for op in other.iter_mut() {
+            op.key = "t".into();
+            op.id += 10;
+        }
+        h.append(&mut other);
+        let r = check_all(&h);
+        assert_eq!((r.verdict(), r.lost.clone(), r.ok), (Verdict::Invalid, vec![2], 1));
     }
 
     #[test]
