@@ -16,6 +16,7 @@
 //! This module moves opaque payloads; `crate::raft::network` encodes them.
 
 pub mod bandwidth;
+pub mod faults;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -137,6 +138,8 @@ pub struct Transport {
     /// Shared by every outgoing snapshot stream of the node.
     snapshot_bandwidth: Arc<TokenBucket>,
     snapshot_progress: Arc<SnapshotProgress>,
+    /// Test fault rules (none in the product).
+    faults: faults::Faults,
 }
 
 impl Transport {
@@ -152,7 +155,13 @@ impl Transport {
             cancel,
             snapshot_bandwidth: Arc::new(TokenBucket::new(rate)),
             snapshot_progress: Arc::new(SnapshotProgress::default()),
+            faults: faults::Faults::default(),
         })
+    }
+
+    /// The fault rules of this node's outgoing traffic, for tests.
+    pub fn faults(&self) -> &faults::Faults {
+        &self.faults
     }
 
     /// Sets the outgoing snapshot bandwidth of this node (all transfers
@@ -255,6 +264,15 @@ impl Transport {
         urgent: bool,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        match self.faults.message(target, shard) {
+            faults::Fate::Deliver => {}
+            faults::Fate::DeliverAfter(delay) => tokio::time::sleep(delay.min(timeout)).await,
+            faults::Fate::Drop => {
+                // As a lost message looks to the sender: no answer in time.
+                tokio::time::sleep(timeout).await;
+                return Err(TransportError::Timeout(target));
+            }
+        }
         let peer = self.peer(target)?;
         let lane = if urgent { &peer.control } else { &peer.data };
         let (reply, rx) = oneshot::channel();
@@ -276,6 +294,10 @@ impl Transport {
 
     /// Checks that `target` answers on the shared connection (an empty batch).
     pub async fn ping(&self, target: u64, timeout: Duration) -> Result<(), TransportError> {
+        if self.faults.message(target, u64::MAX) == faults::Fate::Drop {
+            tokio::time::sleep(timeout).await;
+            return Err(TransportError::Timeout(target));
+        }
         let mut client = self.client_for(target)?;
         let mut req = tonic::Request::new(pb::RaftBatch { from_node: self.node_id, to_node: target, messages: vec![] });
         req.set_timeout(timeout);

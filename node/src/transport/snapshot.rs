@@ -137,6 +137,9 @@ impl Transport {
         mut reader: SnapshotReader,
         cancel: impl Future<Output = ()> + Send,
     ) -> Result<(Vec<u8>, SnapshotSent), TransportError> {
+        if !self.faults().snapshot_allowed(target) {
+            return Err(TransportError::Unreachable(target, "snapshot cut by a test fault rule".into()));
+        }
         let mut client = self.client_for(target)?;
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(CHUNKS_IN_FLIGHT);
         let header = pb::SnapshotChunk {
