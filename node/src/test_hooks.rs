@@ -47,3 +47,16 @@ pub(crate) async fn before_joint_apply(db: &Path, shard: ShardId) {
         tokio::time::sleep(p.pause).await;
     }
 }
+
+static LOSE_UNSYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// From now on, the database at `db` (when opened) behaves like a disk that
+/// loses power when its node crashes: writes not yet synced are lost.
+pub fn lose_unsynced_writes(db: &Path) {
+    LOSE_UNSYNCED.lock().expect("test hook lock").push(db.to_path_buf());
+}
+
+/// Whether the database at `db` was marked by [`lose_unsynced_writes`].
+pub(crate) fn loses_unsynced_writes(db: &Path) -> bool {
+    LOSE_UNSYNCED.lock().expect("test hook lock").iter().any(|p| p == db)
+}

@@ -125,14 +125,18 @@ impl Storage {
         }
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let io = Arc::new(IoCounters::default());
-        let db = redb::Builder::new()
-            .set_cache_size(config.cache_bytes)
-            .create_with_backend(CountingBackend::new(file, io.clone()))?;
+        let crashed = Arc::new(AtomicBool::new(false));
+        let backend = if crate::test_hooks::loses_unsynced_writes(path) {
+            tracing::warn!(path = %path.display(), "test hook: this database loses unsynced writes when the node crashes");
+            CountingBackend::losing_unsynced(file, io.clone(), crashed.clone())
+        } else {
+            CountingBackend::new(file, io.clone())
+        };
+        let db = redb::Builder::new().set_cache_size(config.cache_bytes).create_with_backend(backend)?;
         let db = Arc::new(db);
         Self::prepare(&db)?;
         let (tx, rx) = mpsc::channel(config.queue_ops_max);
         let counters = Arc::new(WriterCounters::default());
-        let crashed = Arc::new(AtomicBool::new(false));
         let writer = writer::Writer {
             db: db.clone(),
             rx,
