@@ -60,3 +60,32 @@ pub fn lose_unsynced_writes(db: &Path) {
 pub(crate) fn loses_unsynced_writes(db: &Path) -> bool {
     LOSE_UNSYNCED.lock().expect("test hook lock").iter().any(|p| p == db)
 }
+
+static HELD_DURABLE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Holds back the durable commits of the node whose database is at `db`
+/// until the returned guard is dropped: its log appends, votes, truncations
+/// and purges wait in its writer (appended entries stay readable in memory,
+/// as they are while a commit is in flight), while applies still commit. A
+/// crash meanwhile loses them.
+#[must_use = "durable commits resume when the guard is dropped"]
+pub fn hold_durable_commits(db: &Path) -> DurableHold {
+    HELD_DURABLE.lock().expect("test hook lock").push(db.to_path_buf());
+    DurableHold { db: db.to_path_buf() }
+}
+
+/// Releases [`hold_durable_commits`] when dropped.
+pub struct DurableHold {
+    db: PathBuf,
+}
+
+impl Drop for DurableHold {
+    fn drop(&mut self) {
+        HELD_DURABLE.lock().expect("test hook lock").retain(|p| p != &self.db);
+    }
+}
+
+/// Whether a test holds back the durable commits of the database at `db`.
+pub(crate) fn durable_commits_held(db: &Path) -> bool {
+    HELD_DURABLE.lock().expect("test hook lock").iter().any(|p| p == db)
+}

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::log_store::LogStore;
 use super::network::{ShardNetworkFactory, ShardRouter};
 use super::state_machine::StateMachine;
-use super::types::{Raft, TypeConfig};
+use super::types::{LogId, Raft, TypeConfig};
 use crate::command::{CommandResponse, ShardCommand};
 use crate::storage::Storage;
 use crate::storage::codec::{decode, encode};
@@ -108,6 +108,15 @@ impl RaftSettings {
             max_in_snapshot_log_to_keep: self.logs_to_keep,
             max_payload_entries: self.max_payload_entries,
             enable_pre_vote: Some(true),
+            // A restarted leader must win an election like any other node.
+            // openraft would otherwise let it lead again in its old term, and
+            // it may have lost entries its followers stored (a leader sends
+            // entries before its own disk has them, and this crate applies
+            // and records the commit point without an fsync): its next
+            // entries would reuse those log ids, the followers would keep
+            // theirs, and writes it acknowledged would exist only on it.
+            // Found by the first chaos soak; tests/tests/leader_restart.rs.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         config.validate().map_err(|e| e.to_string())
@@ -336,14 +345,15 @@ impl RaftGroup {
     }
 
     /// Returns once this replica's state machine reflects every write
-    /// acknowledged before the call, confirmed as leader (read index or lease).
-    pub async fn read_barrier(&self) -> Result<(), GroupError> {
+    /// acknowledged before the call, confirmed as leader (read index or lease);
+    /// the result is the log id the state machine has applied through.
+    pub async fn read_barrier(&self) -> Result<LogId, GroupError> {
         let policy = match self.read_policy {
             ReadPolicyKind::ReadIndex => ReadPolicy::ReadIndex,
             ReadPolicyKind::Lease => ReadPolicy::LeaseRead,
         };
         match self.raft.ensure_linearizable(policy).await {
-            Ok(_) => Ok(()),
+            Ok(read) => Ok(*read.log_id()),
             Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f))) => {
                 Err(GroupError::NotLeader(
                     f.leader_id.map(|id| (NodeId(id), f.leader_node.map(|n| n.addr).unwrap_or_default())),

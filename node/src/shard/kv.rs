@@ -21,6 +21,7 @@ use super::registry::{Registry, Replica};
 use crate::command::{CommandResponse, KvWrite, ShardCommand};
 use crate::config::Limits;
 use crate::raft::GroupError;
+use crate::raft::types::LogId;
 use crate::storage::Storage;
 use crate::storage::tables::StoredDoc;
 
@@ -129,12 +130,14 @@ impl Kv {
         }
     }
 
-    async fn read_barrier(&self, replica: &Replica, stale_ok: bool) -> Result<(), ApiError> {
+    /// Confirms leadership and waits for the state machine (unless `stale_ok`);
+    /// returns the read's log id, `None` for a stale-ok read.
+    async fn read_barrier(&self, replica: &Replica, stale_ok: bool) -> Result<Option<LogId>, ApiError> {
         if stale_ok {
-            return Ok(());
+            return Ok(None);
         }
         replica.group.wake();
-        replica.group.read_barrier().await.map_err(|e| group_error(replica.shard(), e))
+        replica.group.read_barrier().await.map(Some).map_err(|e| group_error(replica.shard(), e))
     }
 
     pub async fn get(&self, route: Route, key: Vec<u8>, stale_ok: bool) -> Result<Option<Document>, ApiError> {
@@ -203,14 +206,27 @@ impl Kv {
         };
         let keys_only = spec.keys_only;
         self.with_deadline(async {
-            self.read_barrier(&replica, spec.stale_ok).await?;
+            let read_log_id = self.read_barrier(&replica, spec.stale_ok).await?;
             let storage = self.storage.clone();
             let shard = route.shard;
+            let start = range.start.clone();
             let (docs, next) =
                 tokio::task::spawn_blocking(move || storage.read_docs(shard, |_, r| r.scan(&range, limit)))
                     .await
                     .map_err(|e| ApiError::Internal(e.to_string()))?
                     .map_err(storage_error)?;
+            // Who served which state: what the chaos runs' scan checkers are
+            // matched against when they find a stale or missing key.
+            tracing::debug!(
+                target: "cairn::reads",
+                %shard,
+                read_log_id = ?read_log_id,
+                status = ?replica.group.status(),
+                start = %String::from_utf8_lossy(&start),
+                docs = docs.len(),
+                max_version = docs.iter().map(|(_, d)| d.version).max().unwrap_or(0),
+                "scan served"
+            );
             let docs = docs
                 .into_iter()
                 .map(|(k, mut d)| {

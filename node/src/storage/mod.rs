@@ -143,6 +143,8 @@ impl Storage {
             config: config.writer.clone(),
             counters: counters.clone(),
             crashed: crashed.clone(),
+            path: path.to_path_buf(),
+            held: Vec::new(),
         };
         let thread = std::thread::Builder::new().name("cairn-writer".into()).spawn(move || writer.run())?;
         Ok(Arc::new(Storage {

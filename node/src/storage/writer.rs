@@ -255,6 +255,10 @@ pub(super) struct Writer {
     pub counters: Arc<WriterCounters>,
     /// Set to simulate a crash: pending work is dropped, nothing more commits.
     pub crashed: Arc<AtomicBool>,
+    /// The database's path: the key of the test hooks.
+    pub path: std::path::PathBuf,
+    /// Durable ops a test holds back ([`crate::test_hooks::hold_durable_commits`]).
+    pub held: Vec<WriteOp>,
 }
 
 impl Writer {
@@ -302,7 +306,12 @@ impl Writer {
 
     /// Commits one batch; returns whether it created garbage to collect.
     fn process(&mut self, batch: Vec<WriteOp>) -> bool {
-        let (durable, fast): (Vec<_>, Vec<_>) = batch.into_iter().partition(|op| op.is_durable());
+        let (mut durable, fast): (Vec<_>, Vec<_>) = batch.into_iter().partition(|op| op.is_durable());
+        if crate::test_hooks::durable_commits_held(&self.path) {
+            self.held.append(&mut durable);
+        } else if !self.held.is_empty() {
+            durable.splice(0..0, std::mem::take(&mut self.held));
+        }
         let mut garbage = false;
         for (ops, is_durable) in [(fast, false), (durable, true)] {
             let durability = if is_durable { Durability::Immediate } else { Durability::None };

@@ -25,8 +25,17 @@ pub enum SetIn {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SetOut {
+    /// An acknowledged add (histories recorded before versions were).
     Added,
-    Read { elements: Vec<u64> },
+    /// An acknowledged add and the document version (the log index that
+    /// stored it), to match against the log ids in the nodes' read traces.
+    #[serde(rename = "added_at")]
+    AddedAt {
+        version: u64,
+    },
+    Read {
+        elements: Vec<u64>,
+    },
 }
 
 pub type SetOp = Op<SetIn, SetOut>;
@@ -263,8 +272,9 @@ mod tests {
     /// four acknowledged elements were in two reads, then missing from ten
     /// reads over ~5 s (a drain of node 2 moved shard 2's replicas, node 1 was
     /// killed, leadership moved), then present in the final read. Cut down to
-    /// those elements and the reads from 2 s before. The product bug is not
-    /// found yet (issue 5); this keeps the evidence and shows it is caught.
+    /// those elements and the reads from 2 s before. Cause (found with the
+    /// second soak's read traces): a leader restored after a restart reused
+    /// log ids its followers held; see the next test.
     #[test]
     fn the_soak_s_stale_set_read_is_caught() {
         let text = include_str!("../../fixtures/soak-2026-12-05-stale-set-read.jsonl");
@@ -275,6 +285,25 @@ mod tests {
         assert_eq!(r.verdict(), Verdict::Invalid);
         assert_eq!(r.stale, vec![703448, 703449, 703450, 703451]);
         assert!(r.lost.is_empty(), "present again in the final read");
+    }
+
+    /// The second soak (2026-12-05, 20 min, every nemesis but partitions)
+    /// lost five acknowledged elements: a shard leader killed with log entries
+    /// only its followers had stored came back before an election and led
+    /// again in its old term, reusing those entries' log ids for these adds;
+    /// the followers kept their own entries. Read on the old leader, gone once
+    /// leadership moved. Fixed (openraft's leader restore is off); the product
+    /// regression test is tests/tests/leader_restart.rs. History cut to these
+    /// elements and the window's reads.
+    #[test]
+    fn the_second_soak_s_lost_adds_are_caught() {
+        let text = include_str!("../../fixtures/soak-2026-12-05b-lost-set-adds.jsonl");
+        let events: Vec<super::super::history::Event<SetIn, SetOut>> =
+            text.lines().map(|l| serde_json::from_str(l).expect("event")).collect();
+        let ops = super::super::history::from_events(events).expect("history");
+        let r = check(&ops);
+        assert_eq!(r.verdict(), Verdict::Invalid);
+        assert_eq!(r.lost, vec![338242, 338243, 338244, 338245, 338249]);
     }
 
     #[test]

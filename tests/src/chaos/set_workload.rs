@@ -47,7 +47,7 @@ pub async fn run(client: Client, adders: usize, recorder: Arc<Recorder<SetIn, Se
                 let process = (p as u64) << 32 | generation;
                 let id = recorder.invoke(process, window_prefix(element / WINDOW), SetIn::Add { element });
                 match client.put(key_of(element), "{}").await {
-                    Ok(_) => recorder.complete(id, Outcome::Ok, Some(SetOut::Added)),
+                    Ok(version) => recorder.complete(id, Outcome::Ok, Some(SetOut::AddedAt { version })),
                     Err(e) => {
                         let outcome = write_outcome(&e);
                         recorder.complete(id, outcome, None);
