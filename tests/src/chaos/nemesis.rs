@@ -1,9 +1,14 @@
 //! Nemeses for a cluster of real processes, on a schedule drawn from a seed.
-//! The schedule is a pure function of (seed, nemeses, time limit, nodes): the
-//! same seed gives the same faults at the same offsets (the cluster's own
-//! timing still varies from run to run). Faults come one at a time, each
-//! healed before the next starts, so a majority of nodes is always up and
-//! every fault is healed before the final reads.
+//! The schedule is a pure function of (seed, nemeses, time limit): the same
+//! seed gives the same faults at the same offsets (the cluster's own timing
+//! still varies from run to run).
+//!
+//! Faults run in two lanes at once, so they combine: process and network
+//! faults (kill, pause, PD leader kill, partition) in one, data movement
+//! (moves, drains, replication changes) in the other. Within a lane faults
+//! come one at a time, each healed before the next starts, so at most one node
+//! is down or cut off at any moment while shards move, and every fault is
+//! healed before the final reads.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,7 +45,23 @@ pub enum Nemesis {
     Replication,
 }
 
+/// Faults of the same lane never overlap; the two lanes run side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lane {
+    /// Kill, pause, PD leader kill, partition.
+    Faults,
+    /// Moves, drains, replication changes: administration through the PD.
+    Movement,
+}
+
 impl Nemesis {
+    pub fn lane(self) -> Lane {
+        match self {
+            Nemesis::Move | Nemesis::Drain | Nemesis::Replication => Lane::Movement,
+            Nemesis::Kill | Nemesis::Pause | Nemesis::PdLeader | Nemesis::Partition => Lane::Faults,
+        }
+    }
+
     pub const ALL: [Nemesis; 7] = [
         Nemesis::Kill,
         Nemesis::Pause,
@@ -93,8 +114,20 @@ const HEAL_ATTEMPTS: usize = 60;
 const GAP_MS: std::ops::Range<u64> = 300..1500;
 const HOLD_MS: std::ops::Range<u64> = 500..4000;
 
-/// The faults of a run of `time_limit` (none starts in its last 2 s).
+/// The faults of a run of `time_limit` (none starts in its last 2 s), in
+/// order of start: each lane's own sequence, drawn from the seed and the lane.
 pub fn schedule(seed: u64, nemeses: &[Nemesis], time_limit: Duration) -> Vec<Fault> {
+    let mut out = Vec::new();
+    for (k, lane) in [Lane::Faults, Lane::Movement].into_iter().enumerate() {
+        let mine: Vec<Nemesis> = nemeses.iter().copied().filter(|n| n.lane() == lane).collect();
+        out.extend(lane_schedule(seed.wrapping_add(k as u64 * 0x9e37_79b9_7f4a_7c15), &mine, time_limit));
+    }
+    out.sort_by_key(|f| f.at_ms);
+    out
+}
+
+/// One lane's faults, one after another.
+fn lane_schedule(seed: u64, nemeses: &[Nemesis], time_limit: Duration) -> Vec<Fault> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let end = (time_limit.as_millis() as u64).saturating_sub(2_000);
     let mut out = Vec::new();
@@ -111,9 +144,9 @@ pub fn schedule(seed: u64, nemeses: &[Nemesis], time_limit: Duration) -> Vec<Fau
     out
 }
 
-/// Carries out `fault` on `cluster`, healing it after its hold; returns what
-/// was done, for the report.
-pub async fn perform(
+/// Carries out a fault of the [`Lane::Faults`] lane on `cluster`, healing it
+/// after its hold; returns what was done, for the report.
+pub async fn perform_fault(
     cluster: &mut ProcessCluster,
     net: Option<&Network>,
     pd: &PdClient,
@@ -159,8 +192,23 @@ pub async fn perform(
             net.heal()?;
             Ok(format!("{what} for {} ms", fault.hold_ms))
         }
+        Nemesis::Move | Nemesis::Drain | Nemesis::Replication => {
+            anyhow::bail!("{} is a data movement, not a process or network fault", fault.nemesis.name())
+        }
+    }
+}
+
+/// Carries out a fault of the [`Lane::Movement`] lane through the PD among
+/// the cluster's `nodes`, undoing it after its hold; returns what was done.
+pub async fn perform_movement(nodes: &[NodeId], pd: &PdClient, fault: &Fault) -> anyhow::Result<String> {
+    let n = nodes.len();
+    let hold = Duration::from_millis(fault.hold_ms);
+    match fault.nemesis {
+        Nemesis::Kill | Nemesis::Pause | Nemesis::PdLeader | Nemesis::Partition => {
+            anyhow::bail!("{} is a process or network fault, not a data movement", fault.nemesis.name())
+        }
         Nemesis::Drain => {
-            let id = cluster.nodes[(fault.pick % n as u64) as usize].id;
+            let id = nodes[(fault.pick % n as u64) as usize];
             if let Err(e) = pd.set_node_state(id, AdminRequest::Draining).await {
                 return Ok(format!("drain of node {id} refused: {e}"));
             }
@@ -281,11 +329,22 @@ mod tests {
         assert_eq!(a, schedule(7, &all, Duration::from_secs(60)));
         assert_ne!(a, schedule(8, &all, Duration::from_secs(60)));
         assert!(a.len() >= 10, "{} faults in a minute", a.len());
-        // Faults do not overlap and end before the last 2 s.
-        for w in a.windows(2) {
-            assert!(w[0].at_ms + w[0].hold_ms < w[1].at_ms);
+        assert!(a.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "in order of start");
+        // Within a lane faults do not overlap; the lanes do.
+        for lane in [Lane::Faults, Lane::Movement] {
+            let mine: Vec<&Fault> = a.iter().filter(|f| f.nemesis.lane() == lane).collect();
+            assert!(mine.len() >= 5, "{} faults of {lane:?}", mine.len());
+            for w in mine.windows(2) {
+                assert!(w[0].at_ms + w[0].hold_ms < w[1].at_ms);
+            }
         }
+        let overlapping = a.windows(2).filter(|w| w[0].at_ms + w[0].hold_ms > w[1].at_ms).count();
+        assert!(overlapping > 0, "faults of the two lanes combine");
+        // Every fault ends before the last 2 s.
         assert!(a.iter().all(|f| f.at_ms + f.hold_ms <= 58_000));
+        // One lane alone is as before: one fault at a time.
+        let kills = schedule(7, &[Nemesis::Kill, Nemesis::Pause], Duration::from_secs(60));
+        assert!(kills.windows(2).all(|w| w[0].at_ms + w[0].hold_ms < w[1].at_ms));
         assert!(schedule(1, &[], Duration::from_secs(60)).is_empty());
     }
 

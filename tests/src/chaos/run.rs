@@ -15,7 +15,7 @@ use cairn_client::{Client, ClientConfig};
 
 use super::history::{Op, Outcome, Recorder, Verdict};
 use super::linear::{self, Limits, RegIn, RegOut};
-use super::nemesis::{self, Nemesis};
+use super::nemesis::{self, Lane, Nemesis};
 use super::register::{self, RegisterWorkload};
 use super::scan::{self as scan_check, ScanIn, ScanOut};
 use super::set_full::{self, SetIn, SetOut};
@@ -176,7 +176,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     }
 
     // Progress every second.
-    let current = Arc::new(Mutex::new(String::from("none")));
+    let current: Arc<Mutex<[String; 2]>> = Arc::new(Mutex::new(["none".into(), "none".into()]));
     let started = Instant::now();
     let progress = {
         let (registers, set, scans, current, stop) =
@@ -185,9 +185,9 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let (r, s, c) = (registers.counts(), set.counts(), scans.counts());
-                let fault = current.lock().expect("fault lock").clone();
+                let [fault, movement] = current.lock().expect("fault lock").clone();
                 eprintln!(
-                    "[chaos] {:>6.1}s  ops {} (ok {}, fail {}, unknown {})  fault: {fault}",
+                    "[chaos] {:>6.1}s  ops {} (ok {}, fail {}, unknown {})  fault: {fault}  movement: {movement}",
                     started.elapsed().as_secs_f64(),
                     r.invoked + s.invoked + c.invoked,
                     r.ok + s.ok + c.ok,
@@ -198,17 +198,45 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         })
     };
 
-    let mut performed = String::new();
-    for fault in &schedule {
-        let at = started + Duration::from_millis(fault.at_ms);
-        tokio::time::sleep_until(at.into()).await;
-        *current.lock().expect("fault lock") = format!("{} (for {} ms)", fault.nemesis.name(), fault.hold_ms);
-        let what = nemesis::perform(&mut cluster, net.as_ref(), &pd, fault).await?;
-        *current.lock().expect("fault lock") = "none".into();
-        let line = format!("{:>8} ms  {:<9}  {what}", fault.at_ms, fault.nemesis.name());
-        eprintln!("[chaos] {line}");
-        writeln!(performed, "{line}")?;
-    }
+    // The two lanes of the schedule run side by side (nemesis module docs).
+    let performed: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+    let note = |lane: usize, fault: &nemesis::Fault, what: Option<String>| {
+        let mut current = current.lock().expect("fault lock");
+        match what {
+            None => current[lane] = format!("{} (for {} ms)", fault.nemesis.name(), fault.hold_ms),
+            Some(what) => {
+                current[lane] = "none".into();
+                let line = format!("{:>8} ms  {:<11}  {what}", fault.at_ms, fault.nemesis.name());
+                eprintln!("[chaos] {line}");
+                performed.lock().expect("faults lock").push((fault.at_ms, line));
+            }
+        }
+    };
+    let node_ids: Vec<_> = cluster.nodes.iter().map(|n| n.id).collect();
+    let faults_lane = async {
+        for fault in schedule.iter().filter(|f| f.nemesis.lane() == Lane::Faults) {
+            tokio::time::sleep_until((started + Duration::from_millis(fault.at_ms)).into()).await;
+            note(0, fault, None);
+            let what = nemesis::perform_fault(&mut cluster, net.as_ref(), &pd, fault).await?;
+            note(0, fault, Some(what));
+        }
+        anyhow::Ok(())
+    };
+    let movement_lane = async {
+        for fault in schedule.iter().filter(|f| f.nemesis.lane() == Lane::Movement) {
+            tokio::time::sleep_until((started + Duration::from_millis(fault.at_ms)).into()).await;
+            note(1, fault, None);
+            let what = nemesis::perform_movement(&node_ids, &pd, fault).await?;
+            note(1, fault, Some(what));
+        }
+        anyhow::Ok(())
+    };
+    let (faults_done, movement_done) = tokio::join!(faults_lane, movement_lane);
+    faults_done?;
+    movement_done?;
+    let mut performed = performed.into_inner().expect("faults lock");
+    performed.sort_by_key(|(at, _)| *at);
+    let performed: String = performed.into_iter().map(|(_, line)| line + "\n").collect();
     std::fs::write(dir.join("faults.log"), &performed)?;
     tokio::time::sleep_until((started + config.time_limit).into()).await;
     stop.store(true, Ordering::Relaxed);
