@@ -97,6 +97,15 @@ impl NodeClient {
         Ok(resp.into())
     }
 
+    /// `Admin.SetLinkFaults` (chaos testing, nodes started with `fault-injection = true`):
+    /// replaces every fault on the links from this node; an empty list heals them.
+    pub async fn set_link_faults(&self, links: Vec<pb::LinkFault>, seed: u64) -> Result<(), ApiError> {
+        let mut admin = self.admin.clone();
+        let req = pb::SetLinkFaultsRequest { links, seed };
+        self.call("SetLinkFaults", req, |r| async move { admin.set_link_faults(r).await }).await?;
+        Ok(())
+    }
+
     /// `Kv.Get`: the document at `key`, or `None` if it does not exist. `stale_ok` allows
     /// any replica to answer without a leader check.
     pub async fn get(&self, route: Route, key: &[u8], stale_ok: bool) -> Result<Option<Document>, ApiError> {

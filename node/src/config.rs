@@ -76,6 +76,11 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     /// redb page cache.
     pub cache_bytes: usize,
+    /// For chaos testing only, never in production: accepts
+    /// `Admin.SetLinkFaults` (drop, delay or cut this node's messages to
+    /// peers) and keeps database writes in memory until they are synced, so a
+    /// SIGKILL loses them as a power failure would.
+    pub fault_injection: bool,
 }
 
 impl Default for NodeConfig {
@@ -98,6 +103,7 @@ impl Default for NodeConfig {
             raft: RaftSettings::default(),
             transport: TransportConfig::default(),
             cache_bytes: 256 << 20,
+            fault_injection: false,
         }
     }
 }

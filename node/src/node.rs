@@ -364,6 +364,12 @@ impl Node {
         let pd_client = PdClient::new(pd_endpoints_but_self(&config), pd_client_config())
             .map_err(|e| NodeError::Config(format!("pd endpoints: {e}")))?;
         let storage_config = StorageConfig { cache_bytes: config.cache_bytes, ..Default::default() };
+        if config.fault_injection {
+            tracing::warn!(
+                "fault injection is on: link faults accepted, unsynced writes lost on a crash (testing only)"
+            );
+            crate::test_hooks::lose_unsynced_writes(&config.data_dir.join(DB_FILE));
+        }
         let storage = Storage::open(&config.data_dir.join(DB_FILE), storage_config)?;
         let record = Self::identity(&config, &storage, &pd_client, &cancel).await?;
         let id = NodeId(record.node_id);

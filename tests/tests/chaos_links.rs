@@ -14,9 +14,9 @@ use cairn_client::{Client, ClientConfig};
 use cairn_node::transport::faults::LinkRule;
 use cairn_proto::{NodeId, OperatorKind, ShardId};
 use cairn_tests::TestCluster;
-use cairn_tests::chaos::linear::{self, Limits};
+use cairn_tests::chaos::linear;
 use cairn_tests::chaos::register::{self, RegisterWorkload};
-use cairn_tests::chaos::{Outcome, Recorder, Verdict};
+use cairn_tests::chaos::{Recorder, Verdict};
 use rand::{Rng, SeedableRng};
 
 const SEED: u64 = 21;
@@ -110,22 +110,8 @@ async fn registers_stay_linearizable_over_lossy_slow_and_cut_links() -> anyhow::
     running.await?;
 
     let history = recorder.history();
-    let count = |o: Outcome| history.iter().filter(|op| op.outcome == o).count();
-    let report = linear::check(&history, &Limits::default());
-    println!(
-        "seed {SEED}: {} operations (ok {}, fail {}, unknown {}) on {} keys; faults: {}; verdict: {}",
-        history.len(),
-        count(Outcome::Ok),
-        count(Outcome::Fail),
-        count(Outcome::Unknown),
-        report.keys.len(),
-        done.join("; "),
-        report.verdict
-    );
-    for k in report.failures() {
-        println!("key {}: {} ({:?}) witness {:?}", k.key, k.verdict, k.reason, k.witness);
-    }
-    assert!(count(Outcome::Ok) >= 200, "the workload made progress");
+    let (report, ok) = linear::check_and_print(SEED, &history, &done.join("; "));
+    assert!(ok >= 200, "the workload made progress");
     assert_eq!(report.verdict, Verdict::Valid);
     Ok(())
 }

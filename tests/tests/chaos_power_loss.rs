@@ -13,7 +13,7 @@ use std::time::Duration;
 use cairn_client::{Client, ClientConfig};
 use cairn_node::node::DB_FILE;
 use cairn_tests::TestCluster;
-use cairn_tests::chaos::linear::{self, Limits};
+use cairn_tests::chaos::linear;
 use cairn_tests::chaos::register::{self, RegisterWorkload};
 use cairn_tests::chaos::{Outcome, Recorder, Verdict};
 
@@ -66,22 +66,8 @@ async fn no_acknowledged_write_is_lost_when_crashes_lose_unsynced_writes() -> an
         recorder.complete(id, Outcome::Ok, Some(linear::RegOut::Read { value, version }));
     }
     let history = recorder.history();
-    let count = |o: Outcome| history.iter().filter(|op| op.outcome == o).count();
-    let report = linear::check(&history, &Limits::default());
-    println!(
-        "seed {SEED}: {} operations (ok {}, fail {}, unknown {}) on {} keys; crashes: {}; verdict: {}",
-        history.len(),
-        count(Outcome::Ok),
-        count(Outcome::Fail),
-        count(Outcome::Unknown),
-        report.keys.len(),
-        crashes.join(", "),
-        report.verdict
-    );
-    for k in report.failures() {
-        println!("key {}: {} ({:?}) witness {:?}", k.key, k.verdict, k.reason, k.witness);
-    }
-    assert!(count(Outcome::Ok) >= 200, "the workload made progress");
+    let (report, ok) = linear::check_and_print(SEED, &history, &crashes.join(", "));
+    assert!(ok >= 200, "the workload made progress");
     assert_eq!(report.verdict, Verdict::Valid);
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The `chaos` command against real processes, three nemesis mixes (RFC 006):
-//! kills and pauses; PD leader kills and data movement; partitions (root only:
-//! network namespaces and iptables; skipped with a message otherwise) and data
-//! movement. Each run must end with `verdict: valid` and exit 0. The mixes run
+//! kills (losing unsynced writes), pauses and link faults; PD leader kills
+//! with moves and drains alongside; partitions (root only: network namespaces
+//! and iptables; skipped with a message otherwise) with moves and replication
+//! changes alongside. Each run must end with `verdict: valid` and exit 0. The mixes run
 //! one at a time: three 5-node clusters at once would starve a 2-core machine. (The in-process mix is
 //! `chaos_registers.rs`; the checkers' rejections of bad histories are unit
 //! tests in `cairn_tests::chaos`.)
@@ -37,20 +38,20 @@ fn chaos(seed: u64, nemesis: &str) -> anyhow::Result<()> {
 }
 
 #[test]
-fn kills_and_pauses_keep_histories_valid() -> anyhow::Result<()> {
-    chaos(11, "kill,pause")
+fn kills_pauses_and_link_faults_keep_histories_valid() -> anyhow::Result<()> {
+    chaos(11, "kill,pause,link")
 }
 
 #[test]
-fn pd_leader_kills_and_moves_keep_histories_valid() -> anyhow::Result<()> {
-    chaos(12, "pd-leader,move")
+fn pd_leader_kills_with_moves_and_drains_keep_histories_valid() -> anyhow::Result<()> {
+    chaos(12, "pd-leader,move,drain")
 }
 
 #[test]
-fn partitions_and_moves_keep_histories_valid() -> anyhow::Result<()> {
+fn partitions_with_moves_and_replication_changes_keep_histories_valid() -> anyhow::Result<()> {
     if let Some(why) = cairn_tests::netns::unavailable() {
-        println!("SKIPPED partitions_and_moves_keep_histories_valid: {why}");
+        println!("SKIPPED partitions_with_moves_and_replication_changes_keep_histories_valid: {why}");
         return Ok(());
     }
-    chaos(13, "partition,move")
+    chaos(13, "partition,move,replication")
 }

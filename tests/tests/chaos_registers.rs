@@ -74,23 +74,9 @@ async fn registers_stay_linearizable_while_leaders_and_replicas_move() -> anyhow
     running.await?;
 
     let history = recorder.history();
-    let count = |o: Outcome| history.iter().filter(|op| op.outcome == o).count();
-    let report = linear::check(&history, &Limits::default());
-    println!(
-        "seed {SEED}: {} operations (ok {}, fail {}, unknown {}) on {} keys; nemesis: {}; verdict: {}",
-        history.len(),
-        count(Outcome::Ok),
-        count(Outcome::Fail),
-        count(Outcome::Unknown),
-        report.keys.len(),
-        done.join(", "),
-        report.verdict
-    );
-    for k in report.failures() {
-        println!("key {}: {} ({:?}) witness {:?}", k.key, k.verdict, k.reason, k.witness);
-    }
+    let (report, ok) = linear::check_and_print(SEED, &history, &done.join(", "));
     assert!(done.len() >= MOVES / 2, "the nemesis acted: {done:?}");
-    assert!(count(Outcome::Ok) >= 200, "the workload made progress");
+    assert!(ok >= 200, "the workload made progress");
     assert_eq!(report.verdict, Verdict::Valid);
 
     // The broken variant: the same history with one stale read added (a read

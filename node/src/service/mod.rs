@@ -43,7 +43,7 @@ pub fn serve(
     let raft = RaftServer::new(raft::RaftService { node: node.clone() })
         .max_decoding_message_size(config.transport.message_bytes_max)
         .max_encoding_message_size(config.transport.message_bytes_max);
-    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let admin = AdminServer::new(admin::AdminService { node: node.clone(), fault_injection: config.fault_injection });
     let pd = PdServer::new(pd::PdService::new(node.clone()))
         .max_decoding_message_size(config.transport.message_bytes_max)
         .max_encoding_message_size(config.transport.message_bytes_max);

@@ -1,7 +1,8 @@
-//! Fault rules for tests (the in-process chaos tier, RFC 006): what this node
-//! sends to a peer can be dropped, delayed or cut, per link or per (link,
-//! shard), and snapshots can be cut on their own. Nothing in the product
-//! installs rules; without any, a message costs one atomic load.
+//! Fault rules for chaos tests (RFC 006): what this node sends to a peer can
+//! be dropped, delayed or cut, per link or per (link, shard), and snapshots
+//! can be cut on their own. Only in-process tests and `Admin.SetLinkFaults`
+//! on a node started with `fault-injection = true` install rules; without
+//! any, a message costs one atomic load.
 //!
 //! A rule acts on the sending side only, so a cut from A to B with B to A left
 //! open is a one-way partition at the message level: A's requests never reach

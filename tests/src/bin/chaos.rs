@@ -21,10 +21,13 @@ struct Args {
     /// Seconds of workload and faults (final reads and checks come after).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// Nemeses, comma separated: kill, pause, pd-leader, move, partition,
-    /// drain, replication (partition needs root: network namespaces and
-    /// iptables; without root it is skipped with a message).
-    #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,move,partition,drain,replication")]
+    /// Nemeses, comma separated: kill, pause, pd-leader, partition, link
+    /// (process and network faults, one at a time) and move, drain,
+    /// replication (data movement, alongside them). Partition needs root
+    /// (network namespaces and iptables); without root it is skipped with a
+    /// message. Nodes run with fault injection on: a kill loses what the node
+    /// had not synced, as a power failure would.
+    #[arg(long, value_delimiter = ',', default_value = "kill,pause,pd-leader,partition,link,move,drain,replication")]
     nemesis: Vec<Nemesis>,
     /// Workloads, comma separated: register, set, scan.
     #[arg(long, value_delimiter = ',', default_value = "register,set,scan")]

@@ -79,6 +79,28 @@ impl Report {
     }
 }
 
+/// Checks `history` with the default limits and prints a one-line summary
+/// (seed, operations by outcome, keys, `faults`, verdict) and every failing
+/// key: what the in-process chaos tests report. Returns the report and the
+/// number of operations that succeeded.
+pub fn check_and_print(seed: u64, history: &[RegOp], faults: &str) -> (Report, usize) {
+    let count = |o: Outcome| history.iter().filter(|op| op.outcome == o).count();
+    let report = check(history, &Limits::default());
+    println!(
+        "seed {seed}: {} operations (ok {}, fail {}, unknown {}) on {} keys; faults: {faults}; verdict: {}",
+        history.len(),
+        count(Outcome::Ok),
+        count(Outcome::Fail),
+        count(Outcome::Unknown),
+        report.keys.len(),
+        report.verdict
+    );
+    for k in report.failures() {
+        println!("key {}: {} ({:?}) witness {:?}", k.key, k.verdict, k.reason, k.witness);
+    }
+    (report, count(Outcome::Ok))
+}
+
 /// Checks every key of `history`.
 pub fn check(history: &[RegOp], limits: &Limits) -> Report {
     let mut by_key: BTreeMap<&str, Vec<&RegOp>> = BTreeMap::new();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_client::PdClient;
+use cairn_proto::pb::LinkFault;
 use cairn_proto::{AdminRequest, NodeId, OperatorKind, ShardId};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,10 @@ pub enum Nemesis {
     /// Replication factor 3 -> 5 for the hold, then back to 3 (replicas are
     /// added, then removed).
     Replication,
+    /// Slow, lossy or one-way links, or snapshots cut, through the nodes'
+    /// transport fault rules (`Admin.SetLinkFaults`; the chaos cluster runs
+    /// with `fault-injection = true`).
+    Link,
 }
 
 /// Faults of the same lane never overlap; the two lanes run side by side.
@@ -58,11 +63,11 @@ impl Nemesis {
     pub fn lane(self) -> Lane {
         match self {
             Nemesis::Move | Nemesis::Drain | Nemesis::Replication => Lane::Movement,
-            Nemesis::Kill | Nemesis::Pause | Nemesis::PdLeader | Nemesis::Partition => Lane::Faults,
+            Nemesis::Kill | Nemesis::Pause | Nemesis::PdLeader | Nemesis::Partition | Nemesis::Link => Lane::Faults,
         }
     }
 
-    pub const ALL: [Nemesis; 7] = [
+    pub const ALL: [Nemesis; 8] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::PdLeader,
@@ -70,6 +75,7 @@ impl Nemesis {
         Nemesis::Partition,
         Nemesis::Drain,
         Nemesis::Replication,
+        Nemesis::Link,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +87,7 @@ impl Nemesis {
             Nemesis::Partition => "partition",
             Nemesis::Drain => "drain",
             Nemesis::Replication => "replication",
+            Nemesis::Link => "link",
         }
     }
 }
@@ -192,6 +199,29 @@ pub async fn perform_fault(
             net.heal()?;
             Ok(format!("{what} for {} ms", fault.hold_ms))
         }
+        Nemesis::Link => {
+            let ids: Vec<NodeId> = cluster.nodes.iter().map(|node| node.id).collect();
+            let (rules, what) = link_faults(&ids, fault.pick);
+            for (i, links) in rules.into_iter().enumerate() {
+                if !links.is_empty() {
+                    cluster.node_client(i)?.set_link_faults(links, fault.pick ^ i as u64).await?;
+                }
+            }
+            tokio::time::sleep(hold).await;
+            for i in 0..n {
+                let client = cluster.node_client(i)?;
+                let mut healed = false;
+                for _ in 0..HEAL_ATTEMPTS {
+                    if client.set_link_faults(Vec::new(), 0).await.is_ok() {
+                        healed = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                anyhow::ensure!(healed, "the link faults of node {} could not be cleared", ids[i]);
+            }
+            Ok(format!("{what} for {} ms", fault.hold_ms))
+        }
         Nemesis::Move | Nemesis::Drain | Nemesis::Replication => {
             anyhow::bail!("{} is a data movement, not a process or network fault", fault.nemesis.name())
         }
@@ -204,7 +234,7 @@ pub async fn perform_movement(nodes: &[NodeId], pd: &PdClient, fault: &Fault) ->
     let n = nodes.len();
     let hold = Duration::from_millis(fault.hold_ms);
     match fault.nemesis {
-        Nemesis::Kill | Nemesis::Pause | Nemesis::PdLeader | Nemesis::Partition => {
+        Nemesis::Kill | Nemesis::Pause | Nemesis::PdLeader | Nemesis::Partition | Nemesis::Link => {
             anyhow::bail!("{} is a process or network fault, not a data movement", fault.nemesis.name())
         }
         Nemesis::Drain => {
@@ -309,6 +339,52 @@ pub fn partition_shape(n: usize, pick: u64, pd_leader: Option<usize>) -> (Shape,
     }
 }
 
+/// The link faults `pick` selects among the nodes `ids`: per node index, the
+/// faults on its links to peers; and their description.
+pub fn link_faults(ids: &[NodeId], pick: u64) -> (Vec<Vec<LinkFault>>, String) {
+    let n = ids.len();
+    let one = ((pick >> 8) & 0xff) as usize % n;
+    let other = (one + 1 + ((pick >> 16) & 0xff) as usize % (n - 1)) % n;
+    let mut rules: Vec<Vec<LinkFault>> = vec![Vec::new(); n];
+    let link = |to: usize| LinkFault { to_node: ids[to].0, ..LinkFault::default() };
+    // Both directions between `one` and every other node.
+    let around = |rules: &mut Vec<Vec<LinkFault>>, fault: &dyn Fn(LinkFault) -> LinkFault| {
+        for peer in (0..n).filter(|p| *p != one) {
+            rules[one].push(fault(link(peer)));
+            rules[peer].push(fault(link(one)));
+        }
+    };
+    let what = match (pick & 0xff) % 5 {
+        0 => {
+            around(&mut rules, &|l| LinkFault { delay_min_ms: 50, delay_max_ms: 400, ..l });
+            format!("slow links (50-400 ms) to and from node {}", ids[one])
+        }
+        1 => {
+            around(&mut rules, &|l| LinkFault { drop_per_mille: 300, ..l });
+            format!("lossy links (30% dropped) to and from node {}", ids[one])
+        }
+        2 => {
+            rules[one].push(LinkFault { cut: true, ..link(other) });
+            format!("one-way cut: node {} cannot reach node {}", ids[one], ids[other])
+        }
+        3 => {
+            for (a, rules) in rules.iter_mut().enumerate() {
+                for b in (0..n).filter(|b| *b != a) {
+                    rules.push(LinkFault { drop_per_mille: 100, delay_min_ms: 5, delay_max_ms: 60, ..link(b) });
+                }
+            }
+            "every link lossy (10%) and slow (5-60 ms)".into()
+        }
+        _ => {
+            for rules in rules.iter_mut().enumerate().filter(|(p, _)| *p != one).map(|(_, r)| r) {
+                rules.push(LinkFault { snapshots_cut: true, delay_min_ms: 10, delay_max_ms: 100, ..link(one) });
+            }
+            format!("snapshots to node {} cut, its links slow (10-100 ms)", ids[one])
+        }
+    };
+    (rules, what)
+}
+
 /// Counts of faults by nemesis, for the report.
 pub fn counts(faults: &[Fault]) -> BTreeMap<&'static str, usize> {
     let mut out = BTreeMap::new();
@@ -358,6 +434,24 @@ mod tests {
         assert_eq!(links[0], vec![4, 1]);
         let (shape, _) = partition_shape(5, 3, Some(1));
         assert_eq!(shape, Shape::Groups(vec![vec![1], vec![0, 2, 3, 4]]));
+    }
+
+    #[test]
+    fn link_faults_cut_as_described() {
+        let ids: Vec<NodeId> = (1..=5).map(NodeId).collect();
+        let (rules, what) = link_faults(&ids, 2 | (1 << 8) | (2 << 16));
+        assert_eq!(what, "one-way cut: node 2 cannot reach node 5");
+        assert_eq!(rules[1], vec![LinkFault { to_node: 5, cut: true, ..LinkFault::default() }]);
+        assert!(rules.iter().enumerate().all(|(i, r)| i == 1 || r.is_empty()), "one way only");
+        let (rules, _) = link_faults(&ids, 1 | (3 << 8));
+        assert_eq!(rules[3].len(), 4, "node 4 to every peer");
+        assert!(rules.iter().enumerate().all(|(i, r)| i == 3 || r.len() == 1 && r[0].to_node == 4));
+        for pick in 0..64u64 {
+            let (rules, _) = link_faults(&ids, pick.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            for (i, r) in rules.iter().enumerate() {
+                assert!(r.iter().all(|l| l.to_node != ids[i].0), "no rule to self");
+            }
+        }
     }
 
     #[test]

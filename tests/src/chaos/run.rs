@@ -130,11 +130,12 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
     } else {
         None
     };
+    // Fault injection: link faults through the admin API, and a SIGKILL loses
+    // what a node had not synced, as a power failure would.
+    let node_config = format!("fault-injection = true\n{TEST_CONFIG_TOML}");
     let mut cluster = match &net {
-        Some(net) => {
-            ProcessCluster::launch_at(&config.server_bin, net.places(), config.shards, TEST_CONFIG_TOML).await?
-        }
-        None => ProcessCluster::launch(&config.server_bin, config.nodes, config.shards, TEST_CONFIG_TOML).await?,
+        Some(net) => ProcessCluster::launch_at(&config.server_bin, net.places(), config.shards, &node_config).await?,
+        None => ProcessCluster::launch(&config.server_bin, config.nodes, config.shards, &node_config).await?,
     };
     let dir = cluster.dir().to_path_buf();
     let pd = cluster.pd_client()?;
