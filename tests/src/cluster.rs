@@ -194,6 +194,34 @@ impl TestCluster {
             .map(|(i, _)| i)
     }
 
+    /// Writes one document to `shard` through whichever running node leads it
+    /// now, re-sent with the same session (applied once) until acknowledged:
+    /// a young or loaded group's leadership can move between finding its
+    /// leader and writing to it (NOT_LEADER).
+    pub async fn put_via_leader(
+        &self,
+        shard: ShardId,
+        session: cairn_proto::Session,
+        key: &[u8],
+        value: &[u8],
+    ) -> anyhow::Result<u64> {
+        wait_until("a write to be acknowledged by the leader", Duration::from_secs(30), || async {
+            let (i, replica) = (0..self.len()).find_map(|i| {
+                let replica = self.node(i)?.shared.registry.get(shard)?;
+                replica.group.is_leader().then_some((i, replica))
+            })?;
+            let route = cairn_proto::Route { shard, epoch: replica.descriptor().epoch };
+            match self.node_client(i).ok()?.put(route, session, key, value, None).await {
+                Ok(version) => Some(version),
+                Err(e) => {
+                    tracing::info!(error = %e, "write not acknowledged; sending it again");
+                    None
+                }
+            }
+        })
+        .await
+    }
+
     /// Stops node `i` abruptly, as a SIGKILL would.
     pub async fn crash(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {

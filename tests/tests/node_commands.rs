@@ -57,25 +57,11 @@ async fn leader(cluster: &TestCluster) -> anyhow::Result<(usize, u64)> {
     .await
 }
 
-/// Writes one document through the shard's current leader, re-sent with the
-/// same session sequence (applied once) until acknowledged: leadership may
-/// move while a loaded machine delays heartbeats (CI saw a leader found by
-/// [`leader`] answer NOT_LEADER on its first write).
+/// Writes one document through the shard's current leader (CI saw a leader
+/// found by [`leader`] answer NOT_LEADER on its first write).
 async fn put_doc(cluster: &TestCluster, seq: u64, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
     let s = Session { client_id: 9, seq, acked_below: seq };
-    wait_until("a write to be acknowledged by the leader", Duration::from_secs(30), || async {
-        let (l, _) = leader(cluster).await.ok()?;
-        let epoch = cluster.node(l)?.shared.registry.get(SHARD)?.descriptor().epoch;
-        let client = cluster.node_client(l).ok()?;
-        match client.put(Route { shard: SHARD, epoch }, s, key, value, None).await {
-            Ok(_) => Some(()),
-            Err(e) => {
-                tracing::info!(error = %e, "write not acknowledged; sending it again");
-                None
-            }
-        }
-    })
-    .await
+    cluster.put_via_leader(SHARD, s, key, value).await.map(|_| ())
 }
 
 /// Sends a leader command built from the leader's current `conf_ver` until

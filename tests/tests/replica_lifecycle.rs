@@ -46,9 +46,11 @@ async fn replicas_are_created_and_destroyed_at_run_time() -> anyhow::Result<()> 
     let (_, shards) = client.list_shards().await?;
     let epoch = shards.iter().find(|s| s.descriptor.id == shard).expect("new shard listed").descriptor.epoch;
     let route = Route { shard, epoch };
+    // Through whoever leads when each write goes out: a new group's first
+    // leader can lose its term while the others' timers settle.
     for i in 0..50u64 {
         let s = Session { client_id: 5, seq: i + 1, acked_below: i + 1 };
-        client.put(route, s, format!("doc/{i}").as_bytes(), b"{\"x\":1}", None).await?;
+        cluster.put_via_leader(shard, s, format!("doc/{i}").as_bytes(), b"{\"x\":1}").await?;
     }
     // Every replica applies the writes.
     let data_ids: Vec<u64> = wait_until("every replica to hold the documents", Duration::from_secs(20), || async {
