@@ -377,6 +377,13 @@ impl Admin for MockNode {
         Ok(Response::new(pb::ListShardsResponse { node_id: self.id.0, shards }))
     }
 
+    async fn set_link_faults(
+        &self,
+        _: Request<pb::SetLinkFaultsRequest>,
+    ) -> Result<Response<pb::SetLinkFaultsResponse>, Status> {
+        Err(ApiError::InvalidArgument("the mock node has no fault injection".into()).to_status())
+    }
+
     async fn node_stats(&self, _: Request<pb::NodeStatsRequest>) -> Result<Response<pb::NodeStatsResponse>, Status> {
         Err(Status::unimplemented("not in the mock"))
     }
