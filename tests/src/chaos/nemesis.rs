@@ -116,6 +116,8 @@ pub struct Fault {
 
 /// Attempts to undo an administrative fault (0.5 s apart) before the run fails.
 const HEAL_ATTEMPTS: usize = 60;
+/// Attempts to set a node's link faults (0.25 s apart) before it is skipped.
+const SET_ATTEMPTS: usize = 8;
 
 /// Quiet time between two faults, and how long one lasts.
 const GAP_MS: std::ops::Range<u64> = 300..1500;
@@ -201,10 +203,23 @@ pub async fn perform_fault(
         }
         Nemesis::Link => {
             let ids: Vec<NodeId> = cluster.nodes.iter().map(|node| node.id).collect();
-            let (rules, what) = link_faults(&ids, fault.pick);
+            let (rules, mut what) = link_faults(&ids, fault.pick);
             for (i, links) in rules.into_iter().enumerate() {
-                if !links.is_empty() {
-                    cluster.node_client(i)?.set_link_faults(links, fault.pick ^ i as u64).await?;
+                if links.is_empty() {
+                    continue;
+                }
+                // A node the previous fault restarted may not listen yet.
+                let client = cluster.node_client(i)?;
+                let mut set = false;
+                for _ in 0..SET_ATTEMPTS {
+                    if client.set_link_faults(links.clone(), fault.pick ^ i as u64).await.is_ok() {
+                        set = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                if !set {
+                    what.push_str(&format!(" (node {} unreachable: its links left as they were)", ids[i]));
                 }
             }
             tokio::time::sleep(hold).await;

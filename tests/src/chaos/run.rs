@@ -232,9 +232,8 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<RunResult> {
         }
         anyhow::Ok(())
     };
-    let (faults_done, movement_done) = tokio::join!(faults_lane, movement_lane);
-    faults_done?;
-    movement_done?;
+    // A lane's error ends the run at once (the other lane is dropped).
+    tokio::try_join!(faults_lane, movement_lane)?;
     let mut performed = performed.into_inner().expect("faults lock");
     performed.sort_by_key(|(at, _)| *at);
     let performed: String = performed.into_iter().map(|(_, line)| line + "\n").collect();
