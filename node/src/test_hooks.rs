@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cairn_proto::ShardId;
@@ -62,6 +63,9 @@ pub(crate) fn loses_unsynced_writes(db: &Path) -> bool {
 }
 
 static HELD_DURABLE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Holds in force anywhere: the writer checks this on every batch, so without
+/// a hold the check is one atomic load, no lock.
+static HELD_DURABLE_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Holds back the durable commits of the node whose database is at `db`
 /// until the returned guard is dropped: its log appends, votes, truncations
@@ -71,6 +75,7 @@ static HELD_DURABLE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 #[must_use = "durable commits resume when the guard is dropped"]
 pub fn hold_durable_commits(db: &Path) -> DurableHold {
     HELD_DURABLE.lock().expect("test hook lock").push(db.to_path_buf());
+    HELD_DURABLE_COUNT.fetch_add(1, Ordering::AcqRel);
     DurableHold { db: db.to_path_buf() }
 }
 
@@ -82,10 +87,12 @@ pub struct DurableHold {
 impl Drop for DurableHold {
     fn drop(&mut self) {
         HELD_DURABLE.lock().expect("test hook lock").retain(|p| p != &self.db);
+        HELD_DURABLE_COUNT.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Whether a test holds back the durable commits of the database at `db`.
 pub(crate) fn durable_commits_held(db: &Path) -> bool {
-    HELD_DURABLE.lock().expect("test hook lock").iter().any(|p| p == db)
+    HELD_DURABLE_COUNT.load(Ordering::Acquire) > 0
+        && HELD_DURABLE.lock().expect("test hook lock").iter().any(|p| p == db)
 }

@@ -268,6 +268,13 @@ mod tests {
         assert_eq!((r.verdict(), r.lost.clone(), r.ok), (Verdict::Invalid, vec![2], 1));
     }
 
+    /// A kept history (JSON lines of events) as operations.
+    fn fixture(text: &str) -> Vec<SetOp> {
+        let events: Vec<super::super::history::Event<SetIn, SetOut>> =
+            text.lines().map(|l| serde_json::from_str(l).expect("event")).collect();
+        super::super::history::from_events(events).expect("history")
+    }
+
     /// Found by the first 30-minute soak (seed 2026, all nemeses, 2026-12-05):
     /// four acknowledged elements were in two reads, then missing from ten
     /// reads over ~5 s (a drain of node 2 moved shard 2's replicas, node 1 was
@@ -277,11 +284,7 @@ mod tests {
     /// log ids its followers held; see the next test.
     #[test]
     fn the_soak_s_stale_set_read_is_caught() {
-        let text = include_str!("../../fixtures/soak-2026-12-05-stale-set-read.jsonl");
-        let events: Vec<super::super::history::Event<SetIn, SetOut>> =
-            text.lines().map(|l| serde_json::from_str(l).expect("event")).collect();
-        let ops = super::super::history::from_events(events).expect("history");
-        let r = check(&ops);
+        let r = check(&fixture(include_str!("../../fixtures/soak-2026-12-05-stale-set-read.jsonl")));
         assert_eq!(r.verdict(), Verdict::Invalid);
         assert_eq!(r.stale, vec![703448, 703449, 703450, 703451]);
         assert!(r.lost.is_empty(), "present again in the final read");
@@ -297,11 +300,7 @@ mod tests {
     /// elements and the window's reads.
     #[test]
     fn the_second_soak_s_lost_adds_are_caught() {
-        let text = include_str!("../../fixtures/soak-2026-12-05b-lost-set-adds.jsonl");
-        let events: Vec<super::super::history::Event<SetIn, SetOut>> =
-            text.lines().map(|l| serde_json::from_str(l).expect("event")).collect();
-        let ops = super::super::history::from_events(events).expect("history");
-        let r = check(&ops);
+        let r = check(&fixture(include_str!("../../fixtures/soak-2026-12-05b-lost-set-adds.jsonl")));
         assert_eq!(r.verdict(), Verdict::Invalid);
         assert_eq!(r.lost, vec![338242, 338243, 338244, 338245, 338249]);
     }
