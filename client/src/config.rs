@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use cairn_proto::ApiError;
+use cairn_proto::net::Net;
 use serde::{Deserialize, Serialize};
 
 /// The largest gRPC message a client sends or accepts: a request may carry a 4 MiB
@@ -51,6 +52,10 @@ pub struct ClientConfig {
     pub message_bytes_max: usize,
     /// The most nodes one shard-list refresh asks. Default 16.
     pub refresh_nodes_max: usize,
+    /// The network connections are made over: real TCP unless a test dials
+    /// through a simulated network. Not part of configuration files.
+    #[serde(skip)]
+    pub net: Net,
 }
 
 impl Default for ClientConfig {
@@ -64,6 +69,7 @@ impl Default for ClientConfig {
             backoff_cap: Duration::from_secs(1),
             message_bytes_max: MESSAGE_BYTES_MAX,
             refresh_nodes_max: 16,
+            net: Net::tcp(),
         }
     }
 }

@@ -54,7 +54,7 @@ impl NodeClient {
             .map_err(|e| ApiError::InvalidArgument(format!("bad node address {addr:?}: {e}")))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = config.net.channel(&endpoint);
         let kv = KvClient::new(channel.clone())
             .max_decoding_message_size(config.message_bytes_max)
             .max_encoding_message_size(config.message_bytes_max);

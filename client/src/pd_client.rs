@@ -83,7 +83,7 @@ impl PdClient {
                 .http2_keep_alive_interval(PD_KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(PD_KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true);
-            let grpc = PdGrpc::new(endpoint.connect_lazy())
+            let grpc = PdGrpc::new(config.net.channel(&endpoint))
                 .max_decoding_message_size(config.message_bytes_max)
                 .max_encoding_message_size(config.message_bytes_max);
             members.push(Member { addr: addr.into(), grpc });

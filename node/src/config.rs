@@ -81,6 +81,10 @@ pub struct NodeConfig {
     /// peers) and keeps database writes in memory until they are synced, so a
     /// SIGKILL loses them as a power failure would.
     pub fault_injection: bool,
+    /// The network peers and the PD are dialed over: real TCP unless a test
+    /// runs the node on a simulated network. Not part of configuration files.
+    #[serde(skip)]
+    pub net: cairn_proto::net::Net,
 }
 
 impl Default for NodeConfig {
@@ -104,6 +108,7 @@ impl Default for NodeConfig {
             transport: TransportConfig::default(),
             cache_bytes: 256 << 20,
             fault_injection: false,
+            net: Default::default(),
         }
     }
 }

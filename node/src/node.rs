@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use cairn_client::{ClientConfig, PdClient};
+use cairn_proto::net::Net;
 use cairn_proto::ClusterSettings;
 
 use crate::config::NodeConfig;
@@ -84,6 +85,8 @@ pub struct NodeShared {
     /// its peers when those stop answering ([`NodeShared::widen_pd_endpoints`]).
     pd_client: RwLock<PdClient>,
     pub cluster_id: u64,
+    /// The network this node dials peers and the PD over.
+    pub net: Net,
     /// Wakes the heartbeat loop to report now: a PD command took effect, so
     /// the PD can order the operator's next step without waiting an interval.
     pub report_soon: tokio::sync::Notify,
@@ -320,8 +323,9 @@ pub struct Node {
 }
 
 /// The PD client of a node: patient enough to ride out a PD election.
-fn pd_client_config() -> ClientConfig {
+fn pd_client_config(net: &Net) -> ClientConfig {
     ClientConfig {
+        net: net.clone(),
         request_timeout: Duration::from_secs(5),
         operation_timeout: Duration::from_secs(15),
         ..ClientConfig::default()
@@ -358,10 +362,20 @@ impl Node {
     /// listed there (a PD member), else registers with the PD for one, waiting
     /// until the PD answers.
     pub async fn start_with_listener(config: NodeConfig, listener: TcpListener) -> Result<Arc<Node>, NodeError> {
+        Self::start_with_incoming(config, crate::service::tcp_incoming(listener)).await
+    }
+
+    /// Starts the node serving the connections `incoming` yields (a simulated
+    /// network's listener in the turmoil test tier; see [`NodeConfig::net`]
+    /// for the dialing side).
+    pub async fn start_with_incoming(
+        config: NodeConfig,
+        incoming: crate::service::Incoming,
+    ) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         let addr = config.advertise_addr();
         let cancel = CancellationToken::new();
-        let pd_client = PdClient::new(pd_endpoints_but_self(&config), pd_client_config())
+        let pd_client = PdClient::new(pd_endpoints_but_self(&config), pd_client_config(&config.net))
             .map_err(|e| NodeError::Config(format!("pd endpoints: {e}")))?;
         let storage_config = StorageConfig { cache_bytes: config.cache_bytes, ..Default::default() };
         if config.fault_injection {
@@ -373,7 +387,7 @@ impl Node {
         let storage = Storage::open(&config.data_dir.join(DB_FILE), storage_config)?;
         let record = Self::identity(&config, &storage, &pd_client, &cancel).await?;
         let id = NodeId(record.node_id);
-        let transport = Transport::new(id.0, config.transport.clone(), cancel.child_token());
+        let transport = Transport::new(id.0, config.transport.clone(), config.net.clone(), cancel.child_token());
         let registry = Arc::new(Registry::default());
 
         let pd_fresh = Self::bootstrap_pd(&config, &storage, &record).await?;
@@ -423,10 +437,11 @@ impl Node {
             pd: pd.clone(),
             pd_client: RwLock::new(pd_client),
             cluster_id: record.cluster_id,
+            net: config.net.clone(),
             report_soon: tokio::sync::Notify::new(),
         });
         let kill = CancellationToken::new();
-        let server = crate::service::serve(shared.clone(), listener, &config, cancel.clone(), kill.clone());
+        let server = crate::service::serve(shared.clone(), incoming, &config, cancel.clone(), kill.clone());
         let mut background = crate::shard::quiesce::spawn(shared.clone(), &config.raft, cancel.clone());
         background.push(crate::shard::snapshots::spawn(shared.clone(), &config.raft, cancel.clone()));
         background.push(pd.spawn(cancel.clone()));

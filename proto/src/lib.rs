@@ -10,6 +10,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod net;
 pub mod pd;
 pub mod types;
 

@@ -10,17 +10,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use cairn_proto::net::Connection;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 pub struct Killable {
-    inner: TcpStream,
+    inner: Connection,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Killable {
-    pub fn new(inner: TcpStream, kill: CancellationToken) -> Self {
+    pub fn new(inner: Connection, kill: CancellationToken) -> Self {
         Self { inner, killed: Box::pin(kill.cancelled_owned()) }
     }
 
@@ -63,9 +63,9 @@ impl AsyncWrite for Killable {
 }
 
 impl Connected for Killable {
-    type ConnectInfo = TcpConnectInfo;
+    /// No service reads the peer's address (and a simulated connection has
+    /// no socket to ask).
+    type ConnectInfo = ();
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
+    fn connect_info(&self) -> Self::ConnectInfo {}
 }

@@ -9,7 +9,11 @@ pub mod metrics;
 pub mod pd;
 pub mod raft;
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use cairn_proto::net::Connection;
 
 use cairn_proto::pb::admin_server::AdminServer;
 use cairn_proto::pb::kv_server::KvServer;
@@ -17,18 +21,29 @@ use cairn_proto::pb::pd_server::PdServer;
 use cairn_proto::pb::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
 use crate::node::NodeShared;
 
-/// Serves KV, Raft, Admin and Pd on `listener` until `cancel` (graceful: open
-/// requests finish); `kill` cuts every open connection at once.
+/// Accepted connections, from a TCP listener ([`tcp_incoming`]) or a
+/// simulated network.
+pub type Incoming = Pin<Box<dyn Stream<Item = io::Result<Connection>> + Send>>;
+
+/// The connections `listener` accepts, with TCP_NODELAY set (TcpIncoming sets
+/// it on accepted sockets; the server builder's own option applies only to
+/// listeners tonic binds itself).
+pub fn tcp_incoming(listener: TcpListener) -> Incoming {
+    Box::pin(TcpIncoming::from(listener).with_nodelay(Some(true)).map(|conn| conn.map(|s| Box::new(s) as Connection)))
+}
+
+/// Serves KV, Raft, Admin and Pd on the `incoming` connections until `cancel`
+/// (graceful: open requests finish); `kill` cuts every open connection at once.
 pub fn serve(
     node: Arc<NodeShared>,
-    listener: TcpListener,
+    incoming: Incoming,
     config: &NodeConfig,
     cancel: CancellationToken,
     kill: CancellationToken,
@@ -47,11 +62,7 @@ pub fn serve(
     let pd = PdServer::new(pd::PdService::new(node.clone()))
         .max_decoding_message_size(config.transport.message_bytes_max)
         .max_encoding_message_size(config.transport.message_bytes_max);
-    // TcpIncoming sets TCP_NODELAY on accepted sockets (the builder's own
-    // tcp_nodelay applies only to listeners tonic binds itself).
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(move |conn| conn.map(|stream| killable::Killable::new(stream, kill.clone())));
+    let incoming = incoming.map(move |conn| conn.map(|stream| killable::Killable::new(stream, kill.clone())));
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))

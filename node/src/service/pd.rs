@@ -78,6 +78,7 @@ impl PdService {
             max_attempts: 1,
             request_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
+            net: self.node.net.clone(),
             ..Default::default()
         };
         let client = PdClient::new([addr], config).map_err(|e| e.to_status())?.forwarding();

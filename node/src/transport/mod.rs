@@ -29,6 +29,7 @@ use cairn_proto::pb::raft_client::RaftClient;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use cairn_proto::net::Net;
 use tonic::transport::{Channel, Endpoint};
 
 use self::bandwidth::TokenBucket;
@@ -133,6 +134,8 @@ struct Peer {
 pub struct Transport {
     node_id: u64,
     config: TransportConfig,
+    /// The network peers are dialed over.
+    net: Net,
     peers: Mutex<HashMap<u64, Arc<Peer>>>,
     cancel: CancellationToken,
     /// Shared by every outgoing snapshot stream of the node.
@@ -145,12 +148,13 @@ pub struct Transport {
 impl Transport {
     /// The snapshot bandwidth starts at the cluster settings' default and
     /// follows the PD's settings once a heartbeat answer carries them.
-    pub fn new(node_id: u64, config: TransportConfig, cancel: CancellationToken) -> Arc<Self> {
+    pub fn new(node_id: u64, config: TransportConfig, net: Net, cancel: CancellationToken) -> Arc<Self> {
         let rate = cairn_proto::ClusterSettings::default().snapshot_bytes_per_sec;
         crate::metrics::snapshot_rate_limit(rate);
         Arc::new(Self {
             node_id,
             config,
+            net,
             peers: Mutex::new(HashMap::new()),
             cancel,
             snapshot_bandwidth: Arc::new(TokenBucket::new(rate)),
@@ -222,7 +226,7 @@ impl Transport {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = self.net.channel(&endpoint);
         let client = RaftClient::new(channel)
             .max_decoding_message_size(self.config.message_bytes_max)
             .max_encoding_message_size(self.config.message_bytes_max);
