@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod netns;
 pub mod procs;
+pub mod sim;
 pub mod wait;
 
 pub use cluster::TestCluster;

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use cairn_client::{Client, ClientConfig};
 use cairn_proto::{NodeId, OperatorKind, ShardId};
-use cairn_tests::chaos::linear::{self, Limits, RegIn, RegOut};
+use cairn_tests::chaos::linear::{self, Limits};
 use cairn_tests::chaos::register::{self, RegisterWorkload};
-use cairn_tests::chaos::{Op, Outcome, Recorder, Verdict};
+use cairn_tests::chaos::{Recorder, Verdict};
 use cairn_tests::{TestCluster, wait_until};
 use rand::{Rng, SeedableRng};
 
@@ -80,27 +80,9 @@ async fn registers_stay_linearizable_while_leaders_and_replicas_move() -> anyhow
     assert_eq!(report.verdict, Verdict::Valid);
 
     // The broken variant: the same history with one stale read added (a read
-    // after everything else, returning the first acknowledged write's value of
-    // a key that was overwritten since) must be rejected.
-    let mut stale = history.clone();
-    let end = history.iter().filter_map(|o| o.ret).max().unwrap_or(0);
-    let first = history
-        .iter()
-        .filter(|o| o.outcome == Outcome::Ok && matches!(o.input, RegIn::Write { .. }))
-        .min_by_key(|o| o.ret)
-        .expect("an acknowledged write");
-    let RegIn::Write { value } = first.input else { unreachable!() };
-    let Some(RegOut::Written { version }) = first.output else { unreachable!() };
-    stale.push(Op {
-        id: stale.len(),
-        process: u64::MAX,
-        key: first.key.clone(),
-        input: RegIn::Read,
-        output: Some(RegOut::Read { value: Some(value), version }),
-        outcome: Outcome::Ok,
-        call: end + 1,
-        ret: Some(end + 2),
-    });
+    // after everything else, returning a value overwritten since) must be
+    // rejected.
+    let stale = linear::with_stale_read(&history).expect("a key written twice");
     let broken = linear::check(&stale, &Limits::default());
     assert_eq!(broken.verdict, Verdict::Invalid, "a stale read injected into a real history is found");
     Ok(())

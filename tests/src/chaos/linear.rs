@@ -370,6 +370,38 @@ fn search(key: &str, ops: &[&RegOp], limits: &Limits) -> KeyResult {
     result(key, Verdict::Valid, n, None, vec![])
 }
 
+/// The broken variant of a real history: `history` plus one read, after
+/// everything else, that returns a value overwritten since (the first
+/// acknowledged write of a key that a later acknowledged write replaced).
+/// The checker must reject it. `None` when no key was written twice.
+pub fn with_stale_read(history: &[RegOp]) -> Option<Vec<RegOp>> {
+    let written = |o: &&RegOp| o.outcome == Outcome::Ok && !matches!(o.input, RegIn::Read);
+    let (first, value, version) = history
+        .iter()
+        .filter(written)
+        .filter(|w| history.iter().filter(written).any(|later| later.key == w.key && later.call > w.ret_or_max()))
+        .filter_map(|w| match (w.input, w.output) {
+            (RegIn::Write { value } | RegIn::Cas { to: value, .. }, Some(RegOut::Written { version })) => {
+                Some((w, value, version))
+            }
+            _ => None,
+        })
+        .min_by_key(|(w, _, _)| w.ret)?;
+    let end = history.iter().map(|o| o.ret.unwrap_or(o.call)).max().unwrap_or(0);
+    let mut stale = history.to_vec();
+    stale.push(Op {
+        id: history.iter().map(|o| o.id + 1).max().unwrap_or(0),
+        process: u64::MAX,
+        key: first.key.clone(),
+        input: RegIn::Read,
+        output: Some(RegOut::Read { value: Some(value), version }),
+        outcome: Outcome::Ok,
+        call: end + 1,
+        ret: Some(end + 2),
+    });
+    Some(stale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +435,19 @@ mod tests {
             let r = check(&self.0, &Limits::default());
             r.keys.into_iter().next().expect("one key")
         }
+    }
+
+    #[test]
+    fn the_stale_read_variant_is_rejected_and_needs_an_overwritten_key() {
+        let h = H::new().write(1, 1, 0, 10).read(Some(1), 1, 20, 30).write(2, 2, 40, 50);
+        assert_eq!(check(&h.0, &Limits::default()).verdict, Verdict::Valid);
+        let stale = with_stale_read(&h.0).expect("key k was written twice");
+        assert_eq!(stale.len(), 4);
+        assert_eq!(stale[3].output, Some(RegOut::Read { value: Some(1), version: 1 }));
+        assert_eq!(check(&stale, &Limits::default()).verdict, Verdict::Invalid);
+        // Concurrent writes: neither certainly replaced the other.
+        let h = H::new().write(1, 1, 0, 10).write(2, 2, 5, 15);
+        assert!(with_stale_read(&h.0).is_none());
     }
 
     #[test]
