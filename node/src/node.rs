@@ -92,6 +92,10 @@ pub struct NodeShared {
     pub report_soon: tokio::sync::Notify,
 }
 
+/// How long shutdown waits for a background loop to notice the cancel
+/// (more than the PD agent's drain of commands in flight).
+const BACKGROUND_STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Most PD endpoints a node's client keeps.
 const PD_ENDPOINTS_MAX: usize = 16;
 
@@ -553,9 +557,14 @@ impl Node {
         if let Some(m) = self.metrics_server.lock().expect("metrics handle lock").take() {
             m.abort();
         }
+        // Background loops stop at the cancel; one still busy after the
+        // grace period (a bug) is aborted rather than holding up shutdown.
         let background = std::mem::take(&mut *self.background.lock().expect("background handles lock"));
-        for task in background {
-            let _ = task.await;
+        for mut task in background {
+            if tokio::time::timeout(BACKGROUND_STOP_GRACE, &mut task).await.is_err() {
+                tracing::warn!("a background task did not stop within {BACKGROUND_STOP_GRACE:?}; aborting it");
+                task.abort();
+            }
         }
         for replica in self.shared.registry.all() {
             replica.group.shutdown().await;

@@ -236,6 +236,12 @@ impl TestCluster {
         }
     }
 
+    /// Stops every running node cleanly, all at once (as a SIGTERM to each).
+    pub async fn stop_all_together(&mut self) {
+        let nodes: Vec<Arc<Node>> = self.nodes.iter_mut().filter_map(Option::take).collect();
+        futures::future::join_all(nodes.iter().map(|n| n.shutdown())).await;
+    }
+
     /// Restarts node `i` from its data directory on its old address.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         anyhow::ensure!(self.nodes[i].is_none(), "node {} is running", i + 1);

@@ -240,15 +240,25 @@ pub fn spawn(
         loop {
             let mut interval = configured;
             let pd = node.pd_client();
+            // PD requests retry for many seconds while the PD is unreachable;
+            // shutdown does not wait for them.
             if !registered {
-                match pd.register_node(&registration(&config, Some(node.id), cluster_id)).await {
+                let reg = registration(&config, Some(node.id), cluster_id);
+                let Some(answer) = cancel.run_until_cancelled(pd.register_node(&reg)).await else {
+                    executor.shutdown().await;
+                    return;
+                };
+                match answer {
                     Ok(_) => registered = true,
                     Err(e) => tracing::debug!(error = %e, "registration not confirmed yet"),
                 }
             }
             if registered {
                 let (hb, current) = reporter.build(&node, cluster_id);
-                let sent = pd.heartbeat(&hb).await;
+                let Some(sent) = cancel.run_until_cancelled(pd.heartbeat(&hb)).await else {
+                    executor.shutdown().await;
+                    return;
+                };
                 crate::metrics::heartbeat_sent(&sent);
                 match sent {
                     Ok(answer) => {

@@ -108,7 +108,10 @@ impl PdRuntime {
                     _ = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = this.tick().await
+                // A tick may wait on a PD write that cannot commit (the
+                // other members gone): shutdown must not wait for it.
+                let Some(ticked) = cancel.run_until_cancelled(this.tick()).await else { return };
+                if let Err(e) = ticked
                     && !matches!(e, ApiError::NotLeader { .. })
                 {
                     tracing::warn!(error = %e, "PD tick failed");

@@ -51,12 +51,12 @@ pub fn spawn(node: Arc<NodeShared>, settings: &RaftSettings, cancel: Cancellatio
                     }
                 }
                 // Bounded concurrency: each attempt is one round trip to the followers.
-                let slept: Vec<ShardId> = futures::stream::iter(candidates)
+                let attempts = futures::stream::iter(candidates)
                     .map(|r| async move { r.group.try_quiesce().await.then_some(r.shard()) })
                     .buffer_unordered(QUIESCE_CONCURRENCY_MAX)
                     .filter_map(|s| async move { s })
-                    .collect()
-                    .await;
+                    .collect::<Vec<ShardId>>();
+                let Some(slept) = cancel.run_until_cancelled(attempts).await else { return };
                 for s in &slept {
                     idle_since.remove(s);
                 }
@@ -78,7 +78,8 @@ pub fn spawn(node: Arc<NodeShared>, settings: &RaftSettings, cancel: Cancellatio
                 _ = tick.tick() => {}
             }
             let peers = node.transport.peer_ids();
-            let results = futures::future::join_all(peers.iter().map(|p| node.transport.ping(*p, interval))).await;
+            let pings = futures::future::join_all(peers.iter().map(|p| node.transport.ping(*p, interval)));
+            let Some(results) = cancel.run_until_cancelled(pings).await else { return };
             let now = Instant::now();
             for (peer, result) in peers.into_iter().zip(results) {
                 let seen = last_ok.entry(peer).or_insert(now);

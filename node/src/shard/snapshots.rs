@@ -24,12 +24,16 @@ pub fn spawn(node: Arc<NodeShared>, settings: &RaftSettings, cancel: Cancellatio
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let mut asked = 0;
-            for replica in node.registry.all() {
-                if replica.group.snapshot_if_due(&settings).await {
-                    asked += 1;
+            let due = async {
+                let mut asked = 0;
+                for replica in node.registry.all() {
+                    if replica.group.snapshot_if_due(&settings).await {
+                        asked += 1;
+                    }
                 }
-            }
+                asked
+            };
+            let Some(asked) = cancel.run_until_cancelled(due).await else { return };
             if asked > 0 {
                 tracing::debug!(groups = asked, "snapshots requested");
             }
