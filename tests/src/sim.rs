@@ -66,6 +66,9 @@ impl Dialer for SimDialer {
 pub enum SimNemesis {
     /// One node cut off from every other host (the workload's client included).
     Isolate,
+    /// Two nodes (one of three) cut off from the others: a minority and a
+    /// majority, both still reachable by the client.
+    Majority,
     /// Two nodes cut one way only.
     OneWay,
     /// Every message between two nodes held back until the fault heals, then
@@ -78,13 +81,16 @@ pub enum SimNemesis {
     /// A node crashes, losing the writes its disk had not synced, and
     /// restarts from its data directory when the fault heals.
     Crash,
-    /// A leader transfer or a replica move through the PD.
+    /// Data movement alongside the other faults: a leader transfer or a
+    /// replica move through the PD during most faults (every step when it is
+    /// the only nemesis).
     Move,
 }
 
 impl SimNemesis {
-    pub const ALL: [SimNemesis; 7] = [
+    pub const ALL: [SimNemesis; 8] = [
         SimNemesis::Isolate,
+        SimNemesis::Majority,
         SimNemesis::OneWay,
         SimNemesis::Hold,
         SimNemesis::Flaky,
@@ -98,6 +104,7 @@ impl fmt::Display for SimNemesis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match self {
             SimNemesis::Isolate => "isolate",
+            SimNemesis::Majority => "majority",
             SimNemesis::OneWay => "one-way",
             SimNemesis::Hold => "hold",
             SimNemesis::Flaky => "flaky",
@@ -125,27 +132,45 @@ pub struct SimConfig {
     pub workload: RegisterWorkload,
 }
 
-/// One fault of the schedule: what, on which nodes (indexes), starting
-/// `at` after the cluster is ready, healed `hold` later.
+/// One step of the schedule, starting `at` after the cluster is ready and
+/// healed `hold` later: a fault on nodes `a` and `b` (indexes; which of them
+/// it uses depends on the nemesis), data movement halfway through it, or both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
     pub at: Duration,
-    pub nemesis: SimNemesis,
+    pub fault: Option<SimNemesis>,
     pub a: usize,
     pub b: usize,
+    pub movement: Option<Movement>,
 }
 
-/// The fault schedule: a pure function of the config's seed.
+/// A leader transfer (`leader`) or replica move of `shard`; `pick` chooses
+/// the nodes among those that qualify when it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Movement {
+    pub shard: ShardId,
+    pub leader: bool,
+    pub pick: u64,
+}
+
+/// The schedule: a pure function of the config.
 pub fn schedule(config: &SimConfig) -> Vec<Planned> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5ee_d5);
+    let faults: Vec<SimNemesis> = config.nemeses.iter().copied().filter(|n| *n != SimNemesis::Move).collect();
+    let moving = config.nemeses.contains(&SimNemesis::Move);
     let mut at = Duration::ZERO;
     let mut plan = Vec::new();
     for _ in 0..config.faults {
         at += config.gap;
-        let nemesis = config.nemeses[rng.random_range(0..config.nemeses.len())];
+        let fault = (!faults.is_empty()).then(|| faults[rng.random_range(0..faults.len())]);
         let a = rng.random_range(0..config.nodes);
         let b = (a + rng.random_range(1..config.nodes)) % config.nodes;
-        plan.push(Planned { at, nemesis, a, b });
+        let movement = (moving && (faults.is_empty() || rng.random_bool(0.6))).then(|| Movement {
+            shard: ShardId(rng.random_range(1..=config.shards as u64)),
+            leader: rng.random_bool(0.5),
+            pick: rng.random(),
+        });
+        plan.push(Planned { at, fault, a, b, movement });
         at += config.hold;
     }
     plan
@@ -174,9 +199,7 @@ struct Control {
 /// A command the harness sends to the workload host.
 #[derive(Debug)]
 enum Admin {
-    /// Move a replica of `shard` (transfer its leadership when `leader`),
-    /// choosing nodes with `pick`.
-    Move { shard: ShardId, leader: bool, pick: u64 },
+    Move(Movement),
 }
 
 fn host_name(i: usize) -> String {
@@ -252,8 +275,8 @@ async fn workload(
     while !stop.load(Ordering::Acquire) {
         tokio::select! {
             cmd = admin.recv() => match cmd {
-                Some(Admin::Move { shard, leader, pick }) => {
-                    let what = move_shard(&pd_client, shard, leader, pick).await;
+                Some(Admin::Move(m)) => {
+                    let what = move_shard(&pd_client, m).await;
                     moves.borrow_mut().push(what);
                 }
                 None => break,
@@ -267,7 +290,7 @@ async fn workload(
 
 /// Asks the PD for a leader transfer or a replica move of `shard`; returns
 /// what happened, for the report. A refusal is fine: the attempt is the fault.
-async fn move_shard(pd: &PdClient, shard: ShardId, leader: bool, pick: u64) -> String {
+async fn move_shard(pd: &PdClient, Movement { shard, leader, pick }: Movement) -> String {
     let Ok(status) = pd.cluster(0).await else { return format!("shard {shard}: no move (PD busy)") };
     let Some(info) = status.shards.iter().find(|s| s.route.descriptor.id == shard) else {
         return format!("shard {shard}: no move (unknown)");
@@ -342,80 +365,26 @@ pub fn run(config: &SimConfig) -> anyhow::Result<SimRun> {
         steps += 1;
     }
     let t0 = sim.elapsed();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0xad_01);
     let mut faults = Vec::new();
     let mut faults_by_type = BTreeMap::new();
     for p in &plan {
         steps += step_until(&mut sim, t0 + p.at)?;
-        let ips: Vec<_> = (0..config.nodes).map(|i| sim.lookup(host_name(i))).collect();
-        let (a, b) = (host_name(p.a), host_name(p.b));
-        let what = match p.nemesis {
-            SimNemesis::Isolate => {
-                for other in ips.iter().filter(|ip| **ip != ips[p.a]) {
-                    sim.partition(ips[p.a], *other);
-                }
-                sim.partition(ips[p.a], sim.lookup("workload"));
-                format!("{a} isolated")
+        if let Some(fault) = p.fault {
+            let what = strike(&mut sim, fault, p, config.nodes, &controls);
+            tracing::info!(at = ?p.at, fault = %what, "sim fault");
+            faults.push(what);
+            *faults_by_type.entry(fault).or_insert(0) += 1;
+        }
+        if let Some(m) = p.movement {
+            steps += step_until(&mut sim, t0 + p.at + config.hold / 2)?;
+            // A full queue means the workload host is behind: skip this one.
+            if admin_tx.try_send(Admin::Move(m)).is_ok() {
+                *faults_by_type.entry(SimNemesis::Move).or_insert(0) += 1;
             }
-            SimNemesis::OneWay => {
-                sim.partition_oneway(ips[p.a], ips[p.b]);
-                format!("{a} -> {b} cut")
-            }
-            SimNemesis::Hold => {
-                sim.hold(ips[p.a], ips[p.b]);
-                format!("{a} <-> {b} held")
-            }
-            SimNemesis::Flaky => {
-                sim.set_fail_rate(0.002);
-                "every link flapping".to_string()
-            }
-            SimNemesis::Slow => {
-                sim.set_max_message_latency(Duration::from_millis(200));
-                "every link slow".to_string()
-            }
-            SimNemesis::Crash => {
-                controls[p.a].crash.notify_one();
-                format!("{a} crashed (unsynced writes lost)")
-            }
-            SimNemesis::Move => {
-                let shard = ShardId(rng.random_range(1..=config.shards as u64));
-                let leader = rng.random_bool(0.5);
-                let cmd = Admin::Move { shard, leader, pick: rng.random() };
-                // A full queue means the workload host is behind: skip this one.
-                let _ = admin_tx.try_send(cmd);
-                format!("shard {shard}: {} asked", if leader { "leader transfer" } else { "replica move" })
-            }
-        };
-        tracing::info!(at = ?p.at, fault = %what, "sim fault");
-        *faults_by_type.entry(p.nemesis).or_insert(0) += 1;
-        faults.push(what);
+        }
         steps += step_until(&mut sim, t0 + p.at + config.hold)?;
-        // Heal.
-        match p.nemesis {
-            SimNemesis::Isolate => {
-                for other in ips.iter().filter(|ip| **ip != ips[p.a]) {
-                    sim.repair(ips[p.a], *other);
-                }
-                sim.repair(ips[p.a], sim.lookup("workload"));
-            }
-            SimNemesis::OneWay => sim.repair_oneway(ips[p.a], ips[p.b]),
-            SimNemesis::Hold => sim.release(ips[p.a], ips[p.b]),
-            SimNemesis::Flaky => {
-                sim.set_fail_rate(0.0);
-                // Links still down come back at the repair rate.
-            }
-            SimNemesis::Slow => sim.set_max_message_latency(Duration::from_millis(5)),
-            SimNemesis::Crash => {
-                // The crash completes in the host before it restarts.
-                let deadline = sim.elapsed() + Duration::from_secs(30);
-                while controls[p.a].up.load(Ordering::Acquire) {
-                    anyhow::ensure!(sim.elapsed() < deadline, "{a} did not crash in 30 s of simulated time");
-                    sim.step().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    steps += 1;
-                }
-                sim.bounce(host_name(p.a));
-            }
-            SimNemesis::Move => {}
+        if let Some(fault) = p.fault {
+            steps += heal(&mut sim, fault, p, config.nodes, &controls)?;
         }
     }
     let settled = sim.elapsed() + SETTLE;
@@ -431,6 +400,103 @@ pub fn run(config: &SimConfig) -> anyhow::Result<SimRun> {
     }
     faults.extend(moves.borrow().iter().cloned());
     Ok(SimRun { history: recorder.history(), faults, faults_by_type, sim_elapsed: sim.elapsed(), steps })
+}
+
+/// Starts `fault` as `p` plans it; returns what it did, for the report.
+fn strike(sim: &mut turmoil::Sim<'_>, fault: SimNemesis, p: &Planned, nodes: usize, controls: &[Arc<Control>]) -> String {
+    let ips: Vec<_> = (0..nodes).map(|i| sim.lookup(host_name(i))).collect();
+    let (a, b) = (host_name(p.a), host_name(p.b));
+    match fault {
+        SimNemesis::Isolate => {
+            for (_, ip) in ips.iter().enumerate().filter(|(i, _)| *i != p.a) {
+                sim.partition(ips[p.a], *ip);
+            }
+            sim.partition(ips[p.a], sim.lookup("workload"));
+            format!("{a} isolated")
+        }
+        SimNemesis::Majority => {
+            let minority = minority(p, nodes);
+            for i in &minority {
+                for j in (0..nodes).filter(|j| !minority.contains(j)) {
+                    sim.partition(ips[*i], ips[j]);
+                }
+            }
+            let names: Vec<String> = minority.iter().map(|i| host_name(*i)).collect();
+            format!("minority {} cut from the majority", names.join(","))
+        }
+        SimNemesis::OneWay => {
+            sim.partition_oneway(ips[p.a], ips[p.b]);
+            format!("{a} -> {b} cut")
+        }
+        SimNemesis::Hold => {
+            sim.hold(ips[p.a], ips[p.b]);
+            format!("{a} <-> {b} held")
+        }
+        SimNemesis::Flaky => {
+            sim.set_fail_rate(0.002);
+            "every link flapping".to_string()
+        }
+        SimNemesis::Slow => {
+            sim.set_max_message_latency(Duration::from_millis(200));
+            "every link slow".to_string()
+        }
+        SimNemesis::Crash => {
+            controls[p.a].crash.notify_one();
+            format!("{a} crashed (unsynced writes lost)")
+        }
+        SimNemesis::Move => unreachable!("movement is not a fault of its own"),
+    }
+}
+
+/// The minority side of a majority/minority cut: nodes `a` and `b` of five
+/// or more, `a` alone of three or four.
+fn minority(p: &Planned, nodes: usize) -> Vec<usize> {
+    if nodes >= 5 { vec![p.a, p.b] } else { vec![p.a] }
+}
+
+/// Heals `fault`; returns the steps it took (a crash first completes in its
+/// host, which then restarts from its data directory).
+fn heal(
+    sim: &mut turmoil::Sim<'_>,
+    fault: SimNemesis,
+    p: &Planned,
+    nodes: usize,
+    controls: &[Arc<Control>],
+) -> anyhow::Result<u64> {
+    let ips: Vec<_> = (0..nodes).map(|i| sim.lookup(host_name(i))).collect();
+    let mut steps = 0;
+    match fault {
+        SimNemesis::Isolate => {
+            for (_, ip) in ips.iter().enumerate().filter(|(i, _)| *i != p.a) {
+                sim.repair(ips[p.a], *ip);
+            }
+            sim.repair(ips[p.a], sim.lookup("workload"));
+        }
+        SimNemesis::Majority => {
+            let minority = minority(p, nodes);
+            for i in &minority {
+                for j in (0..nodes).filter(|j| !minority.contains(j)) {
+                    sim.repair(ips[*i], ips[j]);
+                }
+            }
+        }
+        SimNemesis::OneWay => sim.repair_oneway(ips[p.a], ips[p.b]),
+        SimNemesis::Hold => sim.release(ips[p.a], ips[p.b]),
+        // Links still down come back at the repair rate.
+        SimNemesis::Flaky => sim.set_fail_rate(0.0),
+        SimNemesis::Slow => sim.set_max_message_latency(Duration::from_millis(5)),
+        SimNemesis::Crash => {
+            let deadline = sim.elapsed() + Duration::from_secs(30);
+            while controls[p.a].up.load(Ordering::Acquire) {
+                anyhow::ensure!(sim.elapsed() < deadline, "{} did not crash in 30 s of simulated time", host_name(p.a));
+                sim.step().map_err(|e| anyhow::anyhow!("{e}"))?;
+                steps += 1;
+            }
+            sim.bounce(host_name(p.a));
+        }
+        SimNemesis::Move => {}
+    }
+    Ok(steps)
 }
 
 /// Steps the simulation until its clock reaches `until`; returns the steps.
@@ -464,9 +530,22 @@ mod tests {
     fn the_schedule_is_a_function_of_the_seed() {
         assert_eq!(schedule(&config(7)), schedule(&config(7)));
         assert_ne!(schedule(&config(7)), schedule(&config(8)));
-        for p in schedule(&config(7)) {
+        let plan = schedule(&config(7));
+        for p in &plan {
             assert_ne!(p.a, p.b, "two distinct nodes");
             assert!(p.a < 5 && p.b < 5);
+            assert!(p.fault.is_some() && p.fault != Some(SimNemesis::Move), "every step faults");
         }
+        assert!(plan.iter().any(|p| p.movement.is_some()), "movement rides along");
+        assert!(plan.iter().any(|p| p.movement.is_none()));
+        assert!(plan.windows(2).all(|w| w[1].at >= w[0].at + Duration::from_secs(3)), "hold + gap apart");
+    }
+
+    #[test]
+    fn movement_alone_moves_every_step_and_faults_never() {
+        let c = SimConfig { nemeses: vec![SimNemesis::Move], ..config(3) };
+        assert!(schedule(&c).iter().all(|p| p.fault.is_none() && p.movement.is_some()));
+        let c = SimConfig { nemeses: vec![SimNemesis::Crash], ..config(3) };
+        assert!(schedule(&c).iter().all(|p| p.fault == Some(SimNemesis::Crash) && p.movement.is_none()));
     }
 }

@@ -24,7 +24,7 @@ fn registers_stay_linearizable_on_a_simulated_network_under_faults() -> anyhow::
         nodes: 5,
         shards: 2,
         nemeses: SimNemesis::ALL.to_vec(),
-        faults: 14,
+        faults: 20,
         hold: Duration::from_secs(2),
         gap: Duration::from_millis(1500),
         workload: RegisterWorkload { keys: 4, processes: 6, seed: SEED, ops_per_key: 500 },
