@@ -35,8 +35,9 @@ struct Args {
     /// Simulated milliseconds between two faults.
     #[arg(long, default_value_t = 1500)]
     gap_ms: u64,
-    /// Nemeses, comma separated: isolate, one-way, hold, flaky, slow, crash, move.
-    #[arg(long, value_delimiter = ',', default_value = "isolate,one-way,hold,flaky,slow,crash,move")]
+    /// Nemeses, comma separated: isolate, majority, one-way, hold, flaky, slow,
+    /// crash (faults, one at a time) and move (data movement during them).
+    #[arg(long, value_delimiter = ',', default_value = "isolate,majority,one-way,hold,flaky,slow,crash,move")]
     nemesis: Vec<SimNemesis>,
     #[arg(long, default_value_t = 5)]
     nodes: usize,
