@@ -360,11 +360,6 @@ impl Node {
     }
 
     /// Starts the node serving on an already bound listener.
-    ///
-    /// Identity: a data directory keeps the node id it was given. A new data
-    /// directory takes its id from `initial-pd` when this node's address is
-    /// listed there (a PD member), else registers with the PD for one, waiting
-    /// until the PD answers.
     pub async fn start_with_listener(config: NodeConfig, listener: TcpListener) -> Result<Arc<Node>, NodeError> {
         Self::start_with_incoming(config, crate::service::tcp_incoming(listener)).await
     }
@@ -372,6 +367,11 @@ impl Node {
     /// Starts the node serving the connections `incoming` yields (a simulated
     /// network's listener in the turmoil test tier; see [`NodeConfig::net`]
     /// for the dialing side).
+    ///
+    /// Identity: a data directory keeps the node id it was given. A new data
+    /// directory takes its id from `initial-pd` when this node's address is
+    /// listed there (a PD member), else registers with the PD for one, waiting
+    /// until the PD answers.
     pub async fn start_with_incoming(
         config: NodeConfig,
         incoming: crate::service::Incoming,
