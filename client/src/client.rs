@@ -1033,7 +1033,7 @@ impl Client {
     /// Sleeps the backoff delay of `attempt`, but not past `deadline`.
     async fn backoff(&self, attempt: u32, deadline: Instant) {
         let config = &self.inner.config;
-        let delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, &mut rand::rng());
+        let delay = backoff_delay(attempt, config.backoff_base, config.backoff_cap, &mut cairn_proto::sim::rng());
         tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
     }
 }

@@ -14,7 +14,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cairn_proto::pb::pd_client::PdClient as PdGrpc;
 use cairn_proto::{
@@ -300,7 +302,7 @@ impl PdClient {
                     attempt / self.members.len() as u32,
                     self.config.backoff_base,
                     self.config.backoff_cap,
-                    &mut rand::rng(),
+                    &mut cairn_proto::sim::rng(),
                 );
                 tokio::time::sleep(delay.min(self.config.operation_timeout.saturating_sub(started.elapsed()))).await;
             }

@@ -26,7 +26,7 @@ pub struct SessionTracker {
 impl SessionTracker {
     /// A tracker with a random non-zero client id.
     pub fn random() -> Self {
-        Self::with_client_id(rand::random_range(1..=u64::MAX))
+        Self::with_client_id(cairn_proto::sim::random_u64().max(1))
     }
 
     /// A tracker with the given client id (0 turns deduplication off).

@@ -85,7 +85,7 @@ async fn follow(pd: &PdClient, map: &RwLock<ShardMap>, base: std::time::Duration
             }
             Err(err) => debug!(error = %err, fruitless, "cannot follow shard-map changes; retrying"),
         }
-        let delay = backoff_delay(fruitless, base, cap, &mut rand::rng());
+        let delay = backoff_delay(fruitless, base, cap, &mut cairn_proto::sim::rng());
         fruitless = fruitless.saturating_add(1);
         tokio::time::sleep(delay).await;
     }

@@ -2,7 +2,7 @@
 //! one Raft group per hosted shard, and serves gRPC until shut down.
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cairn_proto::{
     Epoch, KeyRange, NodeId, NodeStats, ReplicaDescriptor, ReplicaRole, ShardDescriptor, ShardId, ShardStatus,
@@ -346,8 +346,9 @@ fn pd_endpoints_but_self(config: &NodeConfig) -> Vec<String> {
     if others.is_empty() { all } else { others }
 }
 
+/// The wall clock (a simulation's, in the turmoil test tier).
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    cairn_proto::sim::now_ms()
 }
 
 impl Node {

@@ -11,6 +11,7 @@
 pub mod convert;
 pub mod error;
 pub mod net;
+pub mod sim;
 pub mod pd;
 pub mod types;
 

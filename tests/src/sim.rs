@@ -45,6 +45,8 @@ const SETUP_MAX: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(5);
 /// The simulated time the workload may take to stop and read back.
 const WIND_DOWN_MAX: Duration = Duration::from_secs(120);
+/// The simulated wall clock at the start of every run (2026-01-01).
+const EPOCH_MS: u64 = 1_767_225_600_000;
 /// Data-movement commands queued for the workload host at most.
 const ADMIN_QUEUE: usize = 16;
 
@@ -187,6 +189,24 @@ pub struct SimRun {
     pub steps: u64,
 }
 
+impl SimRun {
+    /// A digest of the run: every operation (who, what, result, outcome) in
+    /// invocation order, the order they completed in, the faults, the
+    /// simulated time and the steps. Two runs of one seed must agree on it.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for op in &self.history {
+            (op.process, &op.key, op.input, op.output, op.outcome as u8).hash(&mut h);
+        }
+        let mut completed: Vec<&RegOp> = self.history.iter().filter(|o| o.ret.is_some()).collect();
+        completed.sort_by_key(|o| o.ret);
+        completed.iter().map(|o| o.id).collect::<Vec<_>>().hash(&mut h);
+        (&self.faults, self.sim_elapsed, self.steps).hash(&mut h);
+        h.finish()
+    }
+}
+
 /// Per-node control shared between the harness and the node's host.
 #[derive(Default)]
 struct Control {
@@ -321,8 +341,15 @@ pub fn run(config: &SimConfig) -> anyhow::Result<SimRun> {
         false => tempfile::tempdir(),
     }?;
     let net = Net::with_dialer(Arc::new(SimDialer));
+    // From here on this thread is the simulation: the nodes' and the client's
+    // randomness and wall clock come from the seed and turmoil's clock.
+    let _simulation = cairn_proto::sim::enter(config.seed, || {
+        let since = turmoil::since_epoch().unwrap_or_default();
+        EPOCH_MS + since.as_millis() as u64
+    });
     let mut sim = turmoil::Builder::new()
         .rng_seed(config.seed)
+        .epoch(std::time::UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
         .simulation_duration(SETUP_MAX + faulted + SETTLE + WIND_DOWN_MAX)
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(1))

@@ -26,7 +26,7 @@
 //! by a replica that is not the leader or whose applied `conf_ver` differs: the
 //! PD recomputes from newer reports.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,15 +68,17 @@ pub const PD_INTERVAL_MAX_MS: u64 = 60_000;
 /// Builds heartbeats: full or only what changed since the last one sent.
 #[derive(Default)]
 struct Reporter {
-    last: HashMap<ShardId, ReplicaReport>,
+    // Ordered: a heartbeat lists reports in key order (the same bytes for the
+    // same state, which a simulation's replay needs).
+    last: BTreeMap<ShardId, ReplicaReport>,
     since_full: u32,
     want_full: bool,
 }
 
 impl Reporter {
     /// The heartbeat to send now and the reports it stands for.
-    fn build(&self, node: &NodeShared, cluster_id: u64) -> (Heartbeat, HashMap<ShardId, ReplicaReport>) {
-        let mut current = HashMap::new();
+    fn build(&self, node: &NodeShared, cluster_id: u64) -> (Heartbeat, BTreeMap<ShardId, ReplicaReport>) {
+        let mut current = BTreeMap::new();
         // Shard 0 too: the PD moves its own replicas like any other (RFC 004).
         for r in node.registry.all().iter() {
             let st = r.group.status();
@@ -157,7 +159,7 @@ impl Reporter {
         (hb, current)
     }
 
-    fn sent(&mut self, hb: &Heartbeat, current: HashMap<ShardId, ReplicaReport>, full_report_wanted: bool) {
+    fn sent(&mut self, hb: &Heartbeat, current: BTreeMap<ShardId, ReplicaReport>, full_report_wanted: bool) {
         self.last = current;
         self.since_full = if hb.full { 0 } else { self.since_full + 1 };
         self.want_full = full_report_wanted;

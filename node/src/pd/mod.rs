@@ -18,7 +18,7 @@ pub mod agent;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cairn_placement::{self as placement, Observed, PdState, Writes, model::KeyOp};
 use cairn_proto::{
@@ -65,8 +65,9 @@ pub struct PdRuntime {
     leader: Mutex<Option<Leader>>,
 }
 
+/// The wall clock (a simulation's, in the turmoil test tier).
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    cairn_proto::sim::now_ms()
 }
 
 fn pd_error(e: placement::PdError) -> ApiError {
@@ -177,7 +178,7 @@ impl PdRuntime {
                 // not received yet: it cannot be the first leader.
                 return Err(ApiError::Unavailable("the PD state is not bootstrapped on this member".into()));
             }
-            let cluster_id = rand::random::<u64>() >> 1 | 1;
+            let cluster_id = cairn_proto::sim::random_u64() >> 1 | 1;
             let writes = placement::bootstrap(cluster_id, now_ms(), &b.members, b.initial_shards, b.settings.clone())
                 .map_err(pd_error)?;
             self.commit(&replica, &mut leader, writes).await?;

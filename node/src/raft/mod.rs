@@ -12,6 +12,7 @@
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod snapshot_recv;
 pub mod state_machine;
 pub mod types;

@@ -9,6 +9,7 @@ openraft::declare_raft_types!(
         R = CommandResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
+        AsyncRuntime = super::runtime::CairnRuntime,
 );
 
 pub type Entry = openraft::Entry<

@@ -13,7 +13,7 @@
 //! Writes are re-checked against the range at apply time, in log order.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cairn_proto::{ApiError, Document, KeyRange, Route, Session};
 
@@ -59,8 +59,9 @@ fn storage_error(e: crate::storage::StorageError) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+/// The wall clock (a simulation's, in the turmoil test tier).
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    cairn_proto::sim::now_ms()
 }
 
 impl Kv {
@@ -172,13 +173,13 @@ impl Kv {
             self.read_barrier(&replica, stale_ok).await?;
             let storage = self.storage.clone();
             let shard = route.shard;
-            tokio::task::spawn_blocking(move || {
+            cairn_proto::sim::unblock(move || {
                 storage.read_docs(shard, |_, r| {
                     keys.into_iter().map(|k| Ok(r.get(&k)?.map(|d| to_document(k, d)))).collect::<Result<Vec<_>, _>>()
                 })
             })
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .ok_or_else(|| ApiError::Internal("a document read panicked".into()))?
             .map_err(storage_error)
         })
         .await
@@ -211,9 +212,9 @@ impl Kv {
             let shard = route.shard;
             let start = range.start.clone();
             let (docs, next) =
-                tokio::task::spawn_blocking(move || storage.read_docs(shard, |_, r| r.scan(&range, limit)))
+                cairn_proto::sim::unblock(move || storage.read_docs(shard, |_, r| r.scan(&range, limit)))
                     .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .ok_or_else(|| ApiError::Internal("a scan panicked".into()))?
                     .map_err(storage_error)?;
             // Who served which state: what the chaos runs' scan checkers are
             // matched against when they find a stale or missing key.

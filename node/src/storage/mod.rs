@@ -18,7 +18,7 @@ pub mod tables;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_proto::{KeyRange, ShardId};
@@ -109,6 +109,10 @@ pub struct Storage {
     counters: Arc<WriterCounters>,
     crashed: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Ops submitted, and how far the writer has got (waited on only in a
+    /// simulation).
+    submitted: AtomicU64,
+    progress: Arc<writer::Progress>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -137,6 +141,7 @@ impl Storage {
         Self::prepare(&db)?;
         let (tx, rx) = mpsc::channel(config.queue_ops_max);
         let counters = Arc::new(WriterCounters::default());
+        let progress = Arc::new(writer::Progress::default());
         let writer = writer::Writer {
             db: db.clone(),
             rx,
@@ -145,6 +150,7 @@ impl Storage {
             crashed: crashed.clone(),
             path: path.to_path_buf(),
             held: Vec::new(),
+            progress: progress.clone(),
         };
         let thread = std::thread::Builder::new().name("cairn-writer".into()).spawn(move || writer.run())?;
         Ok(Arc::new(Storage {
@@ -155,6 +161,8 @@ impl Storage {
             counters,
             crashed,
             thread: Mutex::new(Some(thread)),
+            submitted: AtomicU64::new(0),
+            progress,
         }))
     }
 
@@ -196,7 +204,14 @@ impl Storage {
         if self.crashed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
-        self.tx.send(op).await.map_err(|_| StorageError::Closed)
+        let ticket = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        self.tx.send(op).await.map_err(|_| StorageError::Closed)?;
+        if cairn_proto::sim::active() {
+            // One thread runs the whole simulation: wait here, so the
+            // writer's real time never passes as simulated time.
+            self.progress.wait_for(ticket);
+        }
+        Ok(())
     }
 
     /// Queues a write and waits for its reply.

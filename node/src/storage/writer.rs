@@ -16,7 +16,7 @@
 //! every earlier non-durable one, and no op in one class depends on an op of the
 //! other class in the same batch (callers await the ops they depend on).
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
@@ -189,6 +189,46 @@ impl Default for WriterConfig {
     }
 }
 
+/// How many ops the writer has finished, for a caller that waits for its op
+/// inline: in a simulation (`cairn_proto::sim`) a submit blocks the one
+/// simulation thread until the writer is done, so the real disk's timing
+/// never shows in simulated time.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Ops finished, and whether the writer has stopped.
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn finished(&self, ops: u64) {
+        self.state.lock().expect("writer progress lock").0 += ops;
+        self.changed.notify_all();
+    }
+
+    fn stopped(&self) {
+        self.state.lock().expect("writer progress lock").1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `ops` ops in all are finished, or the writer stopped.
+    pub fn wait_for(&self, ops: u64) {
+        let mut state = self.state.lock().expect("writer progress lock");
+        while state.0 < ops && !state.1 {
+            state = self.changed.wait(state).expect("writer progress lock");
+        }
+    }
+}
+
+/// Marks the writer stopped however its loop ends.
+struct StopGuard(Arc<Progress>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
+}
+
 /// Counters the writer maintains; read by metrics and tests.
 #[derive(Debug, Default)]
 pub struct WriterCounters {
@@ -259,10 +299,12 @@ pub(super) struct Writer {
     pub path: std::path::PathBuf,
     /// Durable ops a test holds back ([`crate::test_hooks::hold_durable_commits`]).
     pub held: Vec<WriteOp>,
+    pub progress: Arc<Progress>,
 }
 
 impl Writer {
     pub fn run(mut self) {
+        let _stopped = StopGuard(self.progress.clone());
         let mut gc_pending = true;
         loop {
             let first = if gc_pending {
@@ -297,10 +339,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.counters.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let ops = batch.len() as u64;
+            self.counters.ops.fetch_add(ops, Ordering::Relaxed);
             if self.process(batch) {
                 gc_pending = true;
             }
+            self.progress.finished(ops);
         }
     }
 

@@ -19,7 +19,7 @@ pub mod bandwidth;
 pub mod faults;
 pub mod snapshot;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,7 +136,8 @@ pub struct Transport {
     config: TransportConfig,
     /// The network peers are dialed over.
     net: Net,
-    peers: Mutex<HashMap<u64, Arc<Peer>>>,
+    /// Ordered, so per-peer work (pings) goes out in the same order every run.
+    peers: Mutex<BTreeMap<u64, Arc<Peer>>>,
     cancel: CancellationToken,
     /// Shared by every outgoing snapshot stream of the node.
     snapshot_bandwidth: Arc<TokenBucket>,
@@ -155,7 +156,7 @@ impl Transport {
             node_id,
             config,
             net,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
             cancel,
             snapshot_bandwidth: Arc::new(TokenBucket::new(rate)),
             snapshot_progress: Arc::new(SnapshotProgress::default()),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_proto::pb;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -23,6 +23,9 @@ use crate::storage::snapshot::SnapshotReader;
 
 /// Chunks buffered between the disk reader and the network.
 pub const CHUNKS_IN_FLIGHT: usize = 2;
+/// Chunks a simulation reads ahead at most (its snapshots are a few chunks;
+/// a larger one fails the transfer there rather than taking unbounded memory).
+const SIM_CHUNKS_MAX: u64 = 256;
 
 /// What the receiver needs besides the records.
 pub struct SnapshotOffer {
@@ -141,7 +144,14 @@ impl Transport {
             return Err(TransportError::Unreachable(target, "snapshot cut by a test fault rule".into()));
         }
         let mut client = self.client_for(target)?;
-        let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(CHUNKS_IN_FLIGHT);
+        // In a simulation the chunks are read inline, all at once (its
+        // snapshots are small), so a reader thread's timing never shows.
+        let inline = cairn_proto::sim::active();
+        let capacity = match inline {
+            true => (offer.total_bytes / self.config.snapshot_chunk_bytes.max(1) as u64 * 2 + 4).min(SIM_CHUNKS_MAX) as usize,
+            false => CHUNKS_IN_FLIGHT,
+        };
+        let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(capacity);
         let header = pb::SnapshotChunk {
             part: Some(pb::snapshot_chunk::Part::Header(pb::SnapshotHeader {
                 shard_id: offer.shard,
@@ -156,35 +166,18 @@ impl Transport {
         let shard = offer.shard;
         // Dropped when this function returns or is dropped: the entry goes then.
         let progress = self.snapshot_progress.start(shard, target, offer.total_bytes);
-        let producer = tokio::task::spawn_blocking(move || -> Result<SnapshotSent, String> {
-            let mut sent = SnapshotSent::default();
-            if tx.blocking_send(header).is_err() {
-                return Err("receiver closed".into());
+        let producer = match inline {
+            true => {
+                let produced = produce(header, &mut reader, chunk_bytes, |c| tx.try_send(c).is_ok());
+                futures::future::Either::Left(std::future::ready(produced))
             }
-            while let Some(chunk) = reader.next_chunk(chunk_bytes).map_err(|e| e.to_string())? {
-                let (bytes, record_count) = chunk.into_parts();
-                sent.records += u64::from(record_count);
-                sent.bytes += bytes.len() as u64;
-                let chunk = pb::SnapshotChunk {
-                    part: Some(pb::snapshot_chunk::Part::Data(pb::SnapshotData {
-                        crc32: crc32fast::hash(&bytes),
-                        record_count,
-                        records: bytes,
-                    })),
-                };
-                if tx.blocking_send(chunk).is_err() {
-                    return Err("receiver closed".into());
-                }
-            }
-            let trailer = pb::SnapshotChunk {
-                part: Some(pb::snapshot_chunk::Part::Trailer(pb::SnapshotTrailer {
-                    total_records: sent.records,
-                    total_bytes: sent.bytes,
-                })),
-            };
-            tx.blocking_send(trailer).map_err(|_| "receiver closed".to_string())?;
-            Ok(sent)
-        });
+            false => futures::future::Either::Right(
+                tokio::task::spawn_blocking(move || {
+                    produce(header, &mut reader, chunk_bytes, |c| tx.blocking_send(c).is_ok())
+                })
+                .map(|r| r.unwrap_or_else(|e| Err(format!("snapshot reader panicked: {e}")))),
+            ),
+        };
         let bandwidth = self.snapshot_bandwidth.clone();
         let counted = progress.counter();
         let chunks = ReceiverStream::new(rx).then(move |chunk| {
@@ -210,9 +203,8 @@ impl Transport {
             }
         };
         let sent = match producer.await {
-            Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => return Err(TransportError::Unreachable(target, format!("snapshot read failed: {e}"))),
-            Err(e) => return Err(TransportError::Unreachable(target, format!("snapshot reader panicked: {e}"))),
+            Ok(sent) => sent,
+            Err(e) => return Err(TransportError::Unreachable(target, format!("snapshot read failed: {e}"))),
         };
         match reply {
             Ok(resp) => Ok((resp.into_inner().payload, sent)),
@@ -222,6 +214,46 @@ impl Transport {
             }
         }
     }
+}
+
+/// Reads the snapshot into chunks (header, data, trailer), handing each to
+/// `send`, which returns false once the receiving side is gone.
+fn produce(
+    header: pb::SnapshotChunk,
+    reader: &mut SnapshotReader,
+    chunk_bytes: usize,
+    mut send: impl FnMut(pb::SnapshotChunk) -> bool,
+) -> Result<SnapshotSent, String> {
+    let closed = || "receiver closed".to_string();
+    let mut sent = SnapshotSent::default();
+    if !send(header) {
+        return Err(closed());
+    }
+    while let Some(chunk) = reader.next_chunk(chunk_bytes).map_err(|e| e.to_string())? {
+        let (bytes, record_count) = chunk.into_parts();
+        sent.records += u64::from(record_count);
+        sent.bytes += bytes.len() as u64;
+        let chunk = pb::SnapshotChunk {
+            part: Some(pb::snapshot_chunk::Part::Data(pb::SnapshotData {
+                crc32: crc32fast::hash(&bytes),
+                record_count,
+                records: bytes,
+            })),
+        };
+        if !send(chunk) {
+            return Err(closed());
+        }
+    }
+    let trailer = pb::SnapshotChunk {
+        part: Some(pb::snapshot_chunk::Part::Trailer(pb::SnapshotTrailer {
+            total_records: sent.records,
+            total_bytes: sent.bytes,
+        })),
+    };
+    if !send(trailer) {
+        return Err(closed());
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //! prints one line per seed; the last line is `verdict: valid`, `verdict:
 //! invalid` or `verdict: unknown`, and it exits 0 only for valid. A seed that
 //! is not valid keeps its history and faults in `chaos-sim-SEED/` and prints
-//! the command that replays it (the same seed gives the same schedule and
-//! network; the disk's timing still varies).
+//! the command that replays it. The same seed replays the same run (the
+//! printed `run` digest: operations, results, their order, faults, simulated
+//! time).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,13 +74,14 @@ fn main() -> anyhow::Result<()> {
         let report = linear::check(&run.history, &Limits::default());
         let ok = run.history.iter().filter(|o| o.outcome == cairn_tests::chaos::Outcome::Ok).count();
         println!(
-            "seed {seed}: {:.1} s simulated in {:.1} s ({} steps); {} operations ({ok} ok) on {} keys; faults {:?}; {}",
+            "seed {seed}: {:.1} s simulated in {:.1} s ({} steps); {} operations ({ok} ok) on {} keys; faults {:?}; run {:016x}; {}",
             run.sim_elapsed.as_secs_f64(),
             started.elapsed().as_secs_f64(),
             run.steps,
             run.history.len(),
             report.keys.len(),
             run.faults_by_type,
+            run.fingerprint(),
             report.verdict
         );
         if report.verdict != Verdict::Valid {
