@@ -367,7 +367,8 @@ impl DirectClient {
 
     /// Sleeps the backoff delay of `attempt`, but not past `deadline`.
     async fn backoff(&self, attempt: u32, deadline: Instant) {
-        let delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, &mut cairn_proto::sim::rng());
+        let delay =
+            backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, &mut cairn_proto::sim::rng());
         let until = (Instant::now() + delay).min(deadline);
         tokio::time::sleep_until(until).await;
     }

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use cairn_client::{ClientConfig, PdClient};
-use cairn_proto::net::Net;
 use cairn_proto::ClusterSettings;
+use cairn_proto::net::Net;
 
 use crate::config::NodeConfig;
 use crate::pd::{BootstrapSettings, PD_SHARD, PdRuntime};

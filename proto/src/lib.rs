@@ -11,8 +11,8 @@
 pub mod convert;
 pub mod error;
 pub mod net;
-pub mod sim;
 pub mod pd;
+pub mod sim;
 pub mod types;
 
 /// Generated protobuf and gRPC code. Only service edges should touch it.

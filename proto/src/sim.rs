@@ -46,9 +46,7 @@ pub fn active() -> bool {
 /// Milliseconds since the Unix epoch: the simulation's clock, or the system's.
 pub fn now_ms() -> u64 {
     let simulated = SIM.with(|s| s.borrow().as_ref().map(|st| (st.clock_ms)()));
-    simulated.unwrap_or_else(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-    })
+    simulated.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
 }
 
 /// A random number: the simulation's next, or the thread generator's.

@@ -31,9 +31,9 @@ use cairn_proto::{NodeId, OperatorKind, ShardId};
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Notify, mpsc};
 
+use crate::chaos::Recorder;
 use crate::chaos::linear::{RegIn, RegOp, RegOut};
 use crate::chaos::register::{self, RegisterWorkload};
-use crate::chaos::Recorder;
 use crate::cluster::test_raft_settings;
 
 /// The port every simulated node serves on.
@@ -430,7 +430,13 @@ pub fn run(config: &SimConfig) -> anyhow::Result<SimRun> {
 }
 
 /// Starts `fault` as `p` plans it; returns what it did, for the report.
-fn strike(sim: &mut turmoil::Sim<'_>, fault: SimNemesis, p: &Planned, nodes: usize, controls: &[Arc<Control>]) -> String {
+fn strike(
+    sim: &mut turmoil::Sim<'_>,
+    fault: SimNemesis,
+    p: &Planned,
+    nodes: usize,
+    controls: &[Arc<Control>],
+) -> String {
     let ips: Vec<_> = (0..nodes).map(|i| sim.lookup(host_name(i))).collect();
     let (a, b) = (host_name(p.a), host_name(p.b));
     match fault {

@@ -17,7 +17,9 @@ const SEED: u64 = 2;
 #[test]
 fn registers_stay_linearizable_on_a_simulated_network_under_faults() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "cairn_tests=info,cairn_node=warn,openraft=error".into()))
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "cairn_tests=info,cairn_node=warn,openraft=error".into()),
+        )
         .with_test_writer()
         .try_init();
     let config = SimConfig {

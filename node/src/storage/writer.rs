@@ -16,8 +16,8 @@
 //! every earlier non-durable one, and no op in one class depends on an op of the
 //! other class in the same batch (callers await the ops they depend on).
 
-use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};

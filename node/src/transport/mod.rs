@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_proto::ApiError;
+use cairn_proto::net::Net;
 use cairn_proto::pb;
 use cairn_proto::pb::raft_client::RaftClient;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use cairn_proto::net::Net;
 use tonic::transport::{Channel, Endpoint};
 
 use self::bandwidth::TokenBucket;

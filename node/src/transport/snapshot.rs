@@ -148,7 +148,8 @@ impl Transport {
         // snapshots are small), so a reader thread's timing never shows.
         let inline = cairn_proto::sim::active();
         let capacity = match inline {
-            true => (offer.total_bytes / self.config.snapshot_chunk_bytes.max(1) as u64 * 2 + 4).min(SIM_CHUNKS_MAX) as usize,
+            true => (offer.total_bytes / self.config.snapshot_chunk_bytes.max(1) as u64 * 2 + 4).min(SIM_CHUNKS_MAX)
+                as usize,
             false => CHUNKS_IN_FLIGHT,
         };
         let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(capacity);
