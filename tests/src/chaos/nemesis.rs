@@ -36,7 +36,8 @@ pub enum Nemesis {
     Move,
     /// A network partition (root only: namespaces and iptables): one node
     /// isolated, a majority and a minority, a ring of overlapping majorities,
-    /// or the PD leader isolated.
+    /// the nodes leading the most shards cut from the rest, or the PD leader
+    /// isolated.
     Partition,
     /// Drain a node (every replica and leader moves off it), then make it
     /// active again after the hold.
@@ -192,7 +193,7 @@ pub async fn perform_fault(
             let Some(net) = net else {
                 return Ok("skipped: partitions need the namespace network (root)".into());
             };
-            let (shape, what) = partition_shape(n, fault.pick, pd_leader_index(cluster, pd).await);
+            let (shape, what) = partition_shape(n, fault.pick, &leaders(cluster, pd).await);
             match shape {
                 Shape::Groups(groups) => net.partition(&groups)?,
                 Shape::Links(links) => net.keep_links(&links)?,
@@ -311,9 +312,25 @@ pub async fn perform_movement(nodes: &[NodeId], pd: &PdClient, fault: &Fault) ->
     }
 }
 
-async fn pd_leader_index(cluster: &ProcessCluster, pd: &PdClient) -> Option<usize> {
-    let id = pd.cluster(0).await.ok()?.pd_leader?.0;
-    cluster.nodes.iter().position(|node| node.id == id)
+/// Who leads what, as node indexes: what the leader-isolating partitions cut.
+#[derive(Debug, Default)]
+pub struct Leaders {
+    pub pd: Option<usize>,
+    /// Every node leading a data shard, with how many it leads.
+    pub shards: BTreeMap<usize, usize>,
+}
+
+/// The leaders the PD knows of (none if it does not answer).
+async fn leaders(cluster: &ProcessCluster, pd: &PdClient) -> Leaders {
+    let Ok(status) = pd.cluster(0).await else { return Leaders::default() };
+    let index = |id: NodeId| cluster.nodes.iter().position(|node| node.id == id);
+    let mut shards = BTreeMap::new();
+    for shard in status.shards.iter().filter(|s| s.route.descriptor.id != ShardId(0)) {
+        if let Some(i) = shard.route.leader.as_ref().and_then(|(id, _)| index(*id)) {
+            *shards.entry(i).or_insert(0) += 1;
+        }
+    }
+    Leaders { pd: status.pd_leader.and_then(|(id, _)| index(id)), shards }
 }
 
 /// How a partition cuts the network.
@@ -326,9 +343,9 @@ pub enum Shape {
 }
 
 /// The partition `pick` selects among `n` nodes, and its description.
-pub fn partition_shape(n: usize, pick: u64, pd_leader: Option<usize>) -> (Shape, String) {
+pub fn partition_shape(n: usize, pick: u64, leaders: &Leaders) -> (Shape, String) {
     let one = (pick >> 8) as usize % n;
-    match pick % 4 {
+    match pick % 5 {
         0 => {
             let rest: Vec<usize> = (0..n).filter(|i| *i != one).collect();
             (Shape::Groups(vec![vec![one], rest]), format!("isolated node index {one}"))
@@ -346,8 +363,20 @@ pub fn partition_shape(n: usize, pick: u64, pd_leader: Option<usize>) -> (Shape,
             let links: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + n - 1) % n, (i + 1) % n]).collect();
             (Shape::Links(links), "ring of overlapping majorities".into())
         }
+        3 if !leaders.shards.is_empty() => {
+            // The nodes leading the most data shards (a minority of them) cut
+            // from the rest: the majority elects new leaders while the old
+            // ones may still believe they lead.
+            let mut by_count: Vec<(usize, usize)> = leaders.shards.iter().map(|(i, c)| (*i, *c)).collect();
+            by_count.sort_by_key(|(i, c)| (std::cmp::Reverse(*c), *i));
+            let mut cut: Vec<usize> = by_count.into_iter().take((n / 2).max(1)).map(|(i, _)| i).collect();
+            cut.sort();
+            let rest: Vec<usize> = (0..n).filter(|i| !cut.contains(i)).collect();
+            let what = format!("shard leaders {cut:?} cut from the rest");
+            (Shape::Groups(vec![cut, rest]), what)
+        }
         _ => {
-            let leader = pd_leader.unwrap_or(one);
+            let leader = leaders.pd.unwrap_or(one);
             let rest: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
             (Shape::Groups(vec![vec![leader], rest]), format!("isolated the PD leader (index {leader})"))
         }
@@ -441,13 +470,22 @@ mod tests {
 
     #[test]
     fn partition_shapes_cut_as_described() {
-        let (shape, _) = partition_shape(5, 2 << 8, None);
+        let none = Leaders::default();
+        let (shape, _) = partition_shape(5, (2 << 8) + 3, &none);
         assert_eq!(shape, Shape::Groups(vec![vec![2], vec![0, 1, 3, 4]]));
-        let (shape, _) = partition_shape(5, 1 | (4 << 8), None);
+        let (shape, _) = partition_shape(5, (4 << 8) + 2, &none);
         assert_eq!(shape, Shape::Groups(vec![vec![1, 2, 3], vec![4, 0]]));
-        let (Shape::Links(links), _) = partition_shape(5, 2, None) else { panic!("a ring") };
+        let (Shape::Links(links), _) = partition_shape(5, 2, &none) else { panic!("a ring") };
         assert_eq!(links[0], vec![4, 1]);
-        let (shape, _) = partition_shape(5, 3, Some(1));
+        let pd_on_1 = Leaders { pd: Some(1), ..Leaders::default() };
+        let (shape, _) = partition_shape(5, 4, &pd_on_1);
+        assert_eq!(shape, Shape::Groups(vec![vec![1], vec![0, 2, 3, 4]]));
+        // Shard leaders: the two nodes leading the most shards, cut together.
+        let shards = Leaders { pd: Some(1), shards: BTreeMap::from([(0, 1), (2, 3), (4, 2)]) };
+        let (shape, what) = partition_shape(5, 3, &shards);
+        assert_eq!(shape, Shape::Groups(vec![vec![2, 4], vec![0, 1, 3]]), "{what}");
+        // Nobody known to lead a shard: the PD leader's case.
+        let (shape, _) = partition_shape(5, 3, &pd_on_1);
         assert_eq!(shape, Shape::Groups(vec![vec![1], vec![0, 2, 3, 4]]));
     }
 
