@@ -170,6 +170,8 @@ impl Transport {
         let producer = match inline {
             true => {
                 let produced = produce(header, &mut reader, chunk_bytes, |c| tx.try_send(c).is_ok());
+                // The stream ends when the sender goes.
+                drop(tx);
                 futures::future::Either::Left(std::future::ready(produced))
             }
             false => futures::future::Either::Right(
