@@ -96,8 +96,8 @@ pub fn validate_settings(s: &ClusterSettings) -> Result<(), PdError> {
     if s.max_moves_per_node == 0 || s.max_moves_per_node > 64 {
         return Err(PdError::InvalidSetting("max-moves-per-node must be between 1 and 64".into()));
     }
-    if s.max_operators == 0 || s.max_operators > 1024 {
-        return Err(PdError::InvalidSetting("max-operators must be between 1 and 1024".into()));
+    if s.max_operators > 1024 {
+        return Err(PdError::InvalidSetting("max-operators must be between 0 (scheduler paused) and 1024".into()));
     }
     if s.snapshot_bytes_per_sec != 0 && s.snapshot_bytes_per_sec < 1 << 20 {
         return Err(PdError::InvalidSetting("snapshot-bytes-per-sec must be 0 (unlimited) or at least 1MiB".into()));

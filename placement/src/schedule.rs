@@ -12,7 +12,8 @@
 //!
 //! Limits: `max-operators` in the cluster, `max-moves-per-node` replica
 //! operators per node (source or target). Leader transfers are cheap and only
-//! count toward `max-operators`.
+//! count toward `max-operators`. `max-operators` 0 pauses the scheduler: it
+//! starts nothing (operators an administrator creates still run).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -758,6 +758,21 @@ fn admin_operators_are_validated() {
 }
 
 #[test]
+fn max_operators_zero_pauses_the_scheduler() {
+    let paused = ClusterSettings { max_operators: 0, ..settings() };
+    let mut sim = Sim::new(3, 8, paused, 9);
+    sim.add_node();
+    sim.alive.insert(NodeId(1), false);
+    for _ in 0..2_000 {
+        sim.tick();
+        assert!(sim.state.operators.is_empty(), "paused: nothing scheduled, not even repair");
+    }
+    // Resumed: the empty node fills up and the dead one is repaired.
+    sim.state.cluster.as_mut().expect("a cluster").settings.max_operators = 16;
+    sim.run_until("scheduling resumes", 3_000, |s| !s.state.operators.is_empty());
+}
+
+#[test]
 fn the_scheduler_respects_its_limits_and_waits_before_repairing() {
     // 3 full nodes, 3 empty ones: many moves wanted, few allowed at once.
     let limited = ClusterSettings { max_operators: 4, max_moves_per_node: 1, ..settings() };

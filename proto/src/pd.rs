@@ -348,7 +348,7 @@ pub const SETTING_NAMES: &[(&str, &str)] = &[
     ("replication-factor", "voters per shard (1-7)"),
     ("max-node-down-time", "how long a node may be down before its replicas are re-created elsewhere (e.g. 30s, 30m)"),
     ("max-moves-per-node", "operators a node takes part in at once"),
-    ("max-operators", "operators in flight in the cluster"),
+    ("max-operators", "operators the scheduler keeps in flight (0 pauses it: no repair, balance or drain moves)"),
     ("snapshot-bytes-per-sec", "outgoing snapshot bandwidth per node (e.g. 64MiB)"),
     ("operator-timeout", "an operator not promoted by then is rolled back (e.g. 10m)"),
     ("balance-bytes-tolerance-percent", "how far a node's bytes may stray from the mean"),
