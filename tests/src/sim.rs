@@ -441,20 +441,16 @@ fn strike(
     let (a, b) = (host_name(p.a), host_name(p.b));
     match fault {
         SimNemesis::Isolate => {
-            for (_, ip) in ips.iter().enumerate().filter(|(i, _)| *i != p.a) {
-                sim.partition(ips[p.a], *ip);
+            for (x, y) in cut_links(fault, p, nodes) {
+                sim.partition(x, y);
             }
-            sim.partition(ips[p.a], sim.lookup("workload"));
             format!("{a} isolated")
         }
         SimNemesis::Majority => {
-            let minority = minority(p, nodes);
-            for i in &minority {
-                for j in (0..nodes).filter(|j| !minority.contains(j)) {
-                    sim.partition(ips[*i], ips[j]);
-                }
+            for (x, y) in cut_links(fault, p, nodes) {
+                sim.partition(x, y);
             }
-            let names: Vec<String> = minority.iter().map(|i| host_name(*i)).collect();
+            let names: Vec<String> = minority(p, nodes).iter().map(|i| host_name(*i)).collect();
             format!("minority {} cut from the majority", names.join(","))
         }
         SimNemesis::OneWay => {
@@ -481,6 +477,23 @@ fn strike(
     }
 }
 
+/// The host pairs an isolation or a majority/minority cut partitions (and
+/// its heal repairs): an isolated node loses the workload's client too.
+fn cut_links(fault: SimNemesis, p: &Planned, nodes: usize) -> Vec<(String, String)> {
+    let side = match fault {
+        SimNemesis::Isolate => vec![p.a],
+        _ => minority(p, nodes),
+    };
+    let mut links: Vec<(String, String)> = side
+        .iter()
+        .flat_map(|i| (0..nodes).filter(|j| !side.contains(j)).map(move |j| (host_name(*i), host_name(j))))
+        .collect();
+    if fault == SimNemesis::Isolate {
+        links.push((host_name(p.a), "workload".to_string()));
+    }
+    links
+}
+
 /// The minority side of a majority/minority cut: nodes `a` and `b` of five
 /// or more, `a` alone of three or four.
 fn minority(p: &Planned, nodes: usize) -> Vec<usize> {
@@ -499,18 +512,9 @@ fn heal(
     let ips: Vec<_> = (0..nodes).map(|i| sim.lookup(host_name(i))).collect();
     let mut steps = 0;
     match fault {
-        SimNemesis::Isolate => {
-            for (_, ip) in ips.iter().enumerate().filter(|(i, _)| *i != p.a) {
-                sim.repair(ips[p.a], *ip);
-            }
-            sim.repair(ips[p.a], sim.lookup("workload"));
-        }
-        SimNemesis::Majority => {
-            let minority = minority(p, nodes);
-            for i in &minority {
-                for j in (0..nodes).filter(|j| !minority.contains(j)) {
-                    sim.repair(ips[*i], ips[j]);
-                }
+        SimNemesis::Isolate | SimNemesis::Majority => {
+            for (x, y) in cut_links(fault, p, nodes) {
+                sim.repair(x, y);
             }
         }
         SimNemesis::OneWay => sim.repair_oneway(ips[p.a], ips[p.b]),

@@ -204,7 +204,7 @@ impl Storage {
         if self.crashed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
-        let ticket = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
         self.tx.send(op).await.map_err(|_| StorageError::Closed)?;
         if cairn_proto::sim::active() {
             // One thread runs the whole simulation: wait here, so the
