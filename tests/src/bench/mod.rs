@@ -13,6 +13,8 @@
 pub mod baseline;
 pub mod cli;
 pub mod cpu;
+pub mod etcd_api;
+pub mod etcd_move;
 pub mod latency;
 pub mod move_load;
 pub mod move_report;

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_client::{Client, ClientConfig};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -190,27 +191,54 @@ pub struct WriterLog {
     pub examples: BTreeMap<String, String>,
 }
 
+/// One writer's connection to the store under test: Cairn's routed [`Client`] or,
+/// for the measured peer, an etcd client ([`super::etcd`]).
+pub trait KvPut: Send + Sync + 'static {
+    /// Puts `value` at `key`; an error is (its code, its message).
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, Result<(), (String, String)>>;
+
+    /// Closes the connection once the writer has stopped.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl KvPut for Client {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, Result<(), (String, String)>> {
+        Box::pin(async move { Client::put(self, &key, &value).await.map(drop).map_err(|e| (code_of(&e), e.to_string())) })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Client::shutdown(self))
+    }
+}
+
 /// `n` clients putting fresh keys until stopped.
 pub struct Writers {
     /// The origin of every sample's `start_ns`.
     pub t0: Instant,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<WriterLog>>,
-    clients: Vec<Client>,
+    clients: Vec<Arc<dyn KvPut>>,
 }
 
 impl Writers {
-    /// Connects `n` clients to the PD at `endpoints`, then starts them writing.
+    /// Connects `n` Cairn clients to the PD at `endpoints`, then starts them writing.
     pub async fn start(
         endpoints: Vec<String>,
         n: usize,
         value_bytes: usize,
         status: Arc<Status>,
     ) -> anyhow::Result<Writers> {
-        let mut clients = Vec::with_capacity(n);
+        let mut clients: Vec<Arc<dyn KvPut>> = Vec::with_capacity(n);
         for _ in 0..n {
-            clients.push(Client::connect_with(endpoints.clone(), ClientConfig::default()).await?);
+            clients.push(Arc::new(Client::connect_with(endpoints.clone(), ClientConfig::default()).await?));
         }
+        Ok(Writers::start_with(clients, value_bytes, status))
+    }
+
+    /// Starts one writer per client, each putting fresh keys of `value_bytes` values.
+    pub fn start_with(clients: Vec<Arc<dyn KvPut>>, value_bytes: usize, status: Arc<Status>) -> Writers {
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = clients
@@ -226,15 +254,14 @@ impl Writers {
                         let value = json_value(w, seq, value_bytes);
                         let started = Instant::now();
                         let start_ns = (started - t0).as_nanos() as u64;
-                        match client.put(&key, &value).await {
-                            Ok(_) => {
+                        match client.put(key, value).await {
+                            Ok(()) => {
                                 let latency_ns = started.elapsed().as_nanos() as u64;
                                 log.samples.push(Sample { start_ns, latency_ns });
                                 status.writes.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) => {
-                                let code = code_of(&e);
-                                log.examples.entry(code.clone()).or_insert_with(|| e.to_string());
+                            Err((code, message)) => {
+                                log.examples.entry(code.clone()).or_insert(message);
                                 log.errors.push((start_ns, code));
                                 status.write_errors.fetch_add(1, Ordering::Relaxed);
                             }
@@ -245,7 +272,7 @@ impl Writers {
                 })
             })
             .collect();
-        Ok(Writers { t0, stop, tasks, clients })
+        Writers { t0, stop, tasks, clients }
     }
 
     /// Time since `t0`.

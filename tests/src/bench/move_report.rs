@@ -1,8 +1,9 @@
 //! The result of `move-bench`: one serializable [`MoveReport`], printed as a table
 //! for people or as one JSON object for scripts, with the same figures.
 //!
-//! Every figure is measured in the run, except [`ETCD`]: the etcd results quoted
-//! by issue 4, printed as a labelled reference to compare with, never measured here.
+//! Every figure is measured in the run, etcd's included when its binary is found
+//! ([`super::etcd_move`]); otherwise the verdict falls back on [`ETCD`], the etcd
+//! results quoted by issue 4, printed as a labelled reference.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::cpu::CpuUse;
+use super::etcd_move::EtcdRun;
 use super::latency::columns;
 use super::move_load::{FillStats, LoadStats, WindowStats};
 use super::move_watch::{MoveResult, POLL_MS};
@@ -114,6 +116,8 @@ pub struct ReplicaCheck {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
+    /// Where etcd's figures come from: "measured in this run" or the issue's quote.
+    pub etcd_source: String,
     /// Seconds per 100 MB moved: this run's idle move and etcd's.
     pub idle_seconds_per_100mb: f64,
     pub etcd_idle_seconds_per_100mb: f64,
@@ -123,6 +127,8 @@ pub struct Verdict {
     pub etcd_loaded_seconds_per_100mb: f64,
     pub loaded_faster_than_etcd: bool,
     pub throughput_loss_within_target: bool,
+    /// etcd's clients' loss over its loaded move (the quote's lower bound when not measured).
+    pub etcd_throughput_loss_percent: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -134,20 +140,42 @@ pub struct MoveReport {
     pub idle: IdleMove,
     pub loaded: LoadedMove,
     pub replicas: Vec<ReplicaCheck>,
+    /// etcd doing the same moves on this machine in this run, if it ran.
+    pub etcd_measured: Option<EtcdRun>,
+    /// Why etcd was not measured, if it was not.
+    pub etcd_skipped: Option<String>,
     pub etcd: EtcdReference,
     pub verdict: Verdict,
 }
 
 impl Verdict {
-    pub fn of(shard_bytes: u64, idle: &MoveResult, loaded: &LoadedMove) -> Verdict {
+    pub fn of(shard_bytes: u64, idle: &MoveResult, loaded: &LoadedMove, etcd: Option<&EtcdRun>) -> Verdict {
         let per_100mb = |s: f64, bytes: f64| s / (bytes / 1e8);
         let bytes = shard_bytes as f64;
-        let etcd_bytes = ETCD.idle_mb * 1e6;
+        let (etcd_source, etcd_idle, etcd_loaded, etcd_loss) = match etcd {
+            Some(e) => {
+                let b = e.load.bytes as f64;
+                (
+                    "measured in this run".to_string(),
+                    per_100mb(e.idle.seconds, b),
+                    per_100mb(e.loaded.result.seconds, b),
+                    e.loaded.throughput_loss_percent,
+                )
+            }
+            None => {
+                let b = ETCD.idle_mb * 1e6;
+                (
+                    "quoted from issue 4".to_string(),
+                    per_100mb(ETCD.idle_seconds, b),
+                    per_100mb(ETCD.loaded_seconds_min, b),
+                    ETCD.loaded_throughput_loss_percent_min,
+                )
+            }
+        };
         let idle_s = per_100mb(idle.seconds, bytes);
-        let etcd_idle = per_100mb(ETCD.idle_seconds, etcd_bytes);
         let loaded_s = per_100mb(loaded.result.seconds, bytes);
-        let etcd_loaded = per_100mb(ETCD.loaded_seconds_min, etcd_bytes);
         Verdict {
+            etcd_source,
             idle_seconds_per_100mb: idle_s,
             etcd_idle_seconds_per_100mb: etcd_idle,
             idle_faster_than_etcd: idle_s < etcd_idle,
@@ -155,6 +183,7 @@ impl Verdict {
             etcd_loaded_seconds_per_100mb: etcd_loaded,
             loaded_faster_than_etcd: loaded_s < etcd_loaded,
             throughput_loss_within_target: loaded.throughput_loss_percent <= THROUGHPUT_LOSS_TARGET_PERCENT,
+            etcd_throughput_loss_percent: etcd_loss,
         }
     }
 }
@@ -392,21 +421,27 @@ impl MoveReport {
             );
         }
         let _ = writeln!(t);
-        let e = &self.etcd;
-        let _ = writeln!(t, "etcd reference, quoted from {}", e.source);
-        let _ = writeln!(
-            t,
-            "  idle:   {:.2} s for {:.0} MB; loaded: {:.1}-{:.1} s, clients lost {:.0}-{:.0} % throughput, p99 x{:.0}",
-            e.idle_seconds,
-            e.idle_mb,
-            e.loaded_seconds_min,
-            e.loaded_seconds_max,
-            e.loaded_throughput_loss_percent_min,
-            e.loaded_throughput_loss_percent_max,
-            e.loaded_p99_factor
-        );
+        match (&self.etcd_measured, &self.etcd_skipped) {
+            (Some(e), _) => self.etcd_table(&mut t, e),
+            (None, why) => {
+                let e = &self.etcd;
+                let why = why.as_deref().unwrap_or("not asked for");
+                let _ = writeln!(t, "etcd not measured ({why}); reference quoted from {}", e.source);
+                let _ = writeln!(
+                    t,
+                    "  idle:   {:.2} s for {:.0} MB; loaded: {:.1}-{:.1} s, clients lost {:.0}-{:.0} % throughput, p99 x{:.0}",
+                    e.idle_seconds,
+                    e.idle_mb,
+                    e.loaded_seconds_min,
+                    e.loaded_seconds_max,
+                    e.loaded_throughput_loss_percent_min,
+                    e.loaded_throughput_loss_percent_max,
+                    e.loaded_p99_factor
+                );
+            }
+        }
         let v = &self.verdict;
-        let _ = writeln!(t, "target (issue 4)");
+        let _ = writeln!(t, "target (issue 4; etcd {})", v.etcd_source);
         let _ = writeln!(
             t,
             "  idle move faster than etcd:     {:>6.2} s per 100 MB vs etcd {:.2}  -> {}",
@@ -423,12 +458,68 @@ impl MoveReport {
         );
         let _ = writeln!(
             t,
-            "  clients lose at most {:.0} %:      {:>6.1} %                      -> {}",
+            "  clients lose at most {:.0} %:      {:>6.1} % (etcd's clients {:.1} %)   -> {}",
             THROUGHPUT_LOSS_TARGET_PERCENT,
             l.throughput_loss_percent,
+            v.etcd_throughput_loss_percent,
             yes(v.throughput_loss_within_target)
         );
         t
+    }
+
+    /// etcd's side, measured in this run.
+    fn etcd_table(&self, t: &mut String, e: &EtcdRun) {
+        let _ = writeln!(
+            t,
+            "etcd {}, measured in this run: 3 members + 1 learner per move, same documents, same writers",
+            e.version
+        );
+        let _ = writeln!(
+            t,
+            "  load {:.1} MB ({} docs) in {:.1} s = {:.1} MB/s, {} transactions of {} docs; then {} tiny puts until the leader wrote a snapshot; leader's db {:.1} MB",
+            mb(e.load.bytes),
+            e.load.docs,
+            e.load.seconds,
+            e.load.mb_per_sec,
+            e.load.batches,
+            e.load.items_per_batch,
+            e.fill_puts,
+            mb(e.leader_db_bytes)
+        );
+        let _ = writeln!(t, "  {:<60} {:>12} {:>12}", "move (s after MemberAdd sent)", "idle", "loaded");
+        let moves = [&e.idle, &e.loaded.result];
+        let rows: [(&str, &dyn Fn(&super::etcd_move::EtcdMove) -> String); 6] = [
+            ("learner added (MemberAdd returned)", &|m| format!("{:.2}", m.learner_added_s)),
+            ("learner's process started", &|m| format!("{:.2}", m.learner_started_s)),
+            ("promoted (MemberPromote accepted)", &|m| format!("{:.2}", m.promoted_s)),
+            ("  promotions refused while catching up", &|m| m.promote_refusals.to_string()),
+            ("whole move: old member removed", &|m| format!("{:.2}", m.removed_s)),
+            ("snapshots sent by the leader", &|m| m.snapshots_sent.to_string()),
+        ];
+        for (name, value) in rows {
+            let _ = writeln!(t, "  {name:<60} {:>12} {:>12}", value(moves[0]), value(moves[1]));
+        }
+        let _ = writeln!(t, "  etcd's clients during its loaded move");
+        for (name, w) in [("before", &e.loaded.before), ("during move", &e.loaded.during), ("after", &e.loaded.after)]
+        {
+            let [p50, p99, max] = columns(w.latency.as_ref());
+            let errors: Vec<String> = w.errors.iter().map(|(code, n)| format!("{code} x{n}")).collect();
+            let _ = writeln!(
+                t,
+                "  {name:<22} {:>5.1} {:>10} {:>10.1} {p50:>9} {p99:>9} {max:>9}  {}",
+                w.seconds,
+                w.ops,
+                w.ops_per_sec,
+                if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  throughput lost during the move: {:.1} %   p99 during / before: {}x",
+            e.loaded.throughput_loss_percent,
+            opt(e.loaded.p99_factor, 2)
+        );
+        let _ = writeln!(t);
     }
 }
 
