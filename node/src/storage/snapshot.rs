@@ -17,20 +17,22 @@ use super::tables::*;
 
 /// One record of a shard as it travels in a snapshot, borrowing its bytes
 /// from the chunk (sending: from the read view) so that nothing is copied
-/// record by record.
+/// record by record. The byte fields are byte strings (`serde_bytes`): serde
+/// serialises a plain `&[u8]` as a sequence, one `u8` call per byte (the same
+/// bytes in bincode, at ~10 % of a move's CPU).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotRecord<'a> {
     /// `doc` is the sealed stored document, verified by the receiver.
     Doc {
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         key: &'a [u8],
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         doc: &'a [u8],
     },
     Session {
         client: u64,
         seq: u64,
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         response: &'a [u8],
     },
     Client {
@@ -263,6 +265,9 @@ mod tests {
         ];
         let (bytes, count) = chunk_of(&records);
         assert_eq!(count, 4);
+        // The wire format: variant, then each byte field as its length and bytes.
+        let (one, _) = chunk_of(&[SnapshotRecord::Doc { key: b"k", doc: b"dd" }]);
+        assert_eq!(one, [0, 1, b'k', 2, b'd', b'd']);
         let chunk = SnapshotChunk::validate(bytes.clone(), count).expect("a good chunk");
         let back: Vec<_> = chunk.records().collect::<Result<_, _>>().expect("decodes");
         assert_eq!(back, records);
