@@ -106,6 +106,15 @@ impl NodeClient {
         Ok(())
     }
 
+    /// `Admin.Nudge` (sent by the PD leader): asks the node to heartbeat now, for
+    /// commands the PD has for it. `cluster_id` 0: not checked.
+    pub async fn nudge(&self, cluster_id: u64) -> Result<(), ApiError> {
+        let mut admin = self.admin.clone();
+        let req = pb::NudgeRequest { cluster_id };
+        self.call("Nudge", req, |r| async move { admin.nudge(r).await }).await?;
+        Ok(())
+    }
+
     /// `Kv.Get`: the document at `key`, or `None` if it does not exist. `stale_ok` allows
     /// any replica to answer without a leader check.
     pub async fn get(&self, route: Route, key: &[u8], stale_ok: bool) -> Result<Option<Document>, ApiError> {

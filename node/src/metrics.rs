@@ -45,6 +45,7 @@ struct Metrics {
     pd_requests: Family<PdLabels, Counter>,
     pd_commits: Family<PdLabels, Counter>,
     heartbeats_sent: Family<PdLabels, Counter>,
+    pd_nudges: Family<PdLabels, Counter>,
 }
 
 /// `op`: a PD method (or commit kind); `result`: `ok` or an error code.
@@ -114,12 +115,18 @@ fn metrics() -> &'static Metrics {
         let pd_requests = Family::<PdLabels, Counter>::default();
         let pd_commits = Family::<PdLabels, Counter>::default();
         let heartbeats_sent = Family::<PdLabels, Counter>::default();
+        let pd_nudges = Family::<PdLabels, Counter>::default();
         registry.register("pd_requests", "PD requests answered by this node as PD leader", pd_requests.clone());
         registry.register("pd_commits", "PD state transactions by result", pd_commits.clone());
         registry.register(
             "pd_heartbeats_sent",
             "Heartbeats this node sent to the PD, by result",
             heartbeats_sent.clone(),
+        );
+        registry.register(
+            "pd_nudges",
+            "Nudges this node sent as PD leader (a node told to heartbeat for new commands), by result",
+            pd_nudges.clone(),
         );
         registry.register("kv_requests", "KV requests by operation and result code", requests.clone());
         registry.register("kv_request_seconds", "KV request latency", request_seconds.clone());
@@ -214,6 +221,7 @@ fn metrics() -> &'static Metrics {
             pd_requests,
             pd_commits,
             heartbeats_sent,
+            pd_nudges,
         }
     })
 }
@@ -235,6 +243,10 @@ pub fn pd_commit<T>(r: &Result<T, cairn_proto::ApiError>) {
 
 pub fn heartbeat_sent<T>(r: &Result<T, cairn_proto::ApiError>) {
     metrics().heartbeats_sent.get_or_create(&PdLabels { op: "heartbeat", result: result_label(r) }).inc();
+}
+
+pub fn pd_nudge(r: &Result<(), cairn_proto::ApiError>) {
+    metrics().pd_nudges.get_or_create(&PdLabels { op: "nudge", result: result_label(r) }).inc();
 }
 
 pub fn request(op: &'static str, code: &'static str, elapsed: Duration) {

@@ -421,7 +421,7 @@ impl Node {
                 initial_shards: config.initial_shards,
                 settings,
             };
-            PdRuntime::new(id, addr.clone(), registry.clone(), storage.clone(), bootstrap)
+            PdRuntime::new(id, addr.clone(), registry.clone(), storage.clone(), bootstrap, config.net.clone())
         };
         let pd_member = registry.get(PD_SHARD).is_some();
         tracing::info!(node = id.0, %addr, shards = registry.len(), pd_member, "node started");

@@ -385,6 +385,20 @@ pub fn commands_for(state: &PdState, observed: &Observed, node: NodeId, now_ms: 
     out
 }
 
+/// Every node an operator may have a command for now: the nodes it moves
+/// replicas to or from, leader transfer targets and the shards' leaders.
+pub fn nodes_in_operators(state: &PdState, observed: &Observed) -> BTreeSet<NodeId> {
+    let mut nodes = BTreeSet::new();
+    for op in state.operators.values() {
+        nodes.extend(involved(&op.kind));
+        if let OperatorKind::TransferLeader { to } = op.kind {
+            nodes.insert(to);
+        }
+        nodes.extend(observed.shards.get(&op.shard).and_then(|o| o.leader));
+    }
+    nodes
+}
+
 /// Whether `node` takes part in an operator now (it should report often).
 pub fn busy(state: &PdState, observed: &Observed, node: NodeId) -> bool {
     state.operators.values().any(|op| {

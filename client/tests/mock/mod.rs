@@ -387,6 +387,10 @@ impl Admin for MockNode {
     async fn node_stats(&self, _: Request<pb::NodeStatsRequest>) -> Result<Response<pb::NodeStatsResponse>, Status> {
         Err(Status::unimplemented("not in the mock"))
     }
+
+    async fn nudge(&self, _: Request<pb::NudgeRequest>) -> Result<Response<pb::NudgeResponse>, Status> {
+        Ok(Response::new(pb::NudgeResponse {}))
+    }
 }
 
 #[derive(Clone)]

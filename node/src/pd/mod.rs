@@ -15,12 +15,14 @@
 //!   changes, and a revision from another term always gets a full resync.
 
 pub mod agent;
+mod nudge;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_placement::{self as placement, Observed, PdState, Writes, model::KeyOp};
+use cairn_proto::net::Net;
 use cairn_proto::{
     AdminRequest, ApiError, ClusterSettings, ClusterStatus, Heartbeat, HeartbeatAnswer, KeyRange, NodeId, NodeInfo,
     OperatorInfo, OperatorKind, RebalanceStatus, RegisterNode, Session, ShardId, ShardMapEvent, ShardRoute,
@@ -63,6 +65,8 @@ pub struct PdRuntime {
     storage: Arc<Storage>,
     bootstrap: BootstrapSettings,
     leader: Mutex<Option<Leader>>,
+    /// Tells nodes to heartbeat when the leader has new commands for them.
+    nudger: Arc<nudge::Nudger>,
 }
 
 /// The wall clock (a simulation's, in the turmoil test tier).
@@ -94,8 +98,10 @@ impl PdRuntime {
         registry: Arc<Registry>,
         storage: Arc<Storage>,
         bootstrap: BootstrapSettings,
+        net: Net,
     ) -> Arc<Self> {
-        Arc::new(Self { node, addr, registry, storage, bootstrap, leader: Mutex::new(None) })
+        let nudger = Arc::new(nudge::Nudger::new(net));
+        Arc::new(Self { node, addr, registry, storage, bootstrap, leader: Mutex::new(None), nudger })
     }
 
     /// Runs the leader's periodic work until `cancel`.
@@ -156,6 +162,7 @@ impl PdRuntime {
             return Ok(guard);
         }
         *guard = None;
+        self.nudger.reset();
         replica.group.wake();
         replica.group.read_barrier().await.map_err(|e| match e {
             crate::raft::GroupError::NotLeader(leader) => ApiError::NotLeader { shard: PD_SHARD, leader },
@@ -299,6 +306,7 @@ impl PdRuntime {
             }
         }
         crate::metrics::pd_operators_in_flight(leader.state.operators.len());
+        self.nudger.nudge_changed(&leader.state, &leader.observed, now_ms());
         Ok(())
     }
 
@@ -334,14 +342,20 @@ impl PdRuntime {
         // Operator steps for this node, from the state just updated by its report.
         let now = now_ms();
         let mut commands = outcome.commands;
+        let mut pushed = 0;
         for command in placement::operator::commands_for(&leader.state, &leader.observed, hb.node, now) {
             if commands.len() >= placement::COMMANDS_PER_HEARTBEAT_MAX {
                 break;
             }
             commands.push(command);
+            pushed += 1;
         }
         // Nodes taking part in an operator report faster, so each step follows
         // the previous one within ~100 ms; 0: the node's configured interval.
+        self.nudger.given(hb.node, &commands[commands.len() - pushed..]);
+        // The report may have moved an operator on: the other nodes it now
+        // needs hear of it at once.
+        self.nudger.nudge_changed(&leader.state, &leader.observed, now);
         let busy = placement::operator::busy(&leader.state, &leader.observed, hb.node);
         Ok(HeartbeatAnswer {
             commands,
@@ -426,6 +440,7 @@ impl PdRuntime {
         let replica = self.group()?;
         self.commit(&replica, leader, writes).await?;
         tracing::info!(id = op.id, shard = %op.shard, kind = %op.kind, "operator started by an administrator");
+        self.nudger.nudge_changed(&leader.state, &leader.observed, now);
         Ok(placement::operator::info(&leader.state, &leader.observed, &op, now))
     }
 

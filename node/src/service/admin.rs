@@ -91,6 +91,19 @@ impl pb::admin_server::Admin for AdminService {
         tracing::warn!(links = req.links.len(), seed = req.seed, "link faults set");
         Ok(Response::new(pb::SetLinkFaultsResponse {}))
     }
+
+    async fn nudge(&self, req: Request<pb::NudgeRequest>) -> Result<Response<pb::NudgeResponse>, Status> {
+        let from = req.into_inner().cluster_id;
+        let ours = self.node.cluster_id;
+        if from != 0 && ours != 0 && from != ours {
+            return Err(ApiError::InvalidArgument(format!(
+                "nudge from the PD of cluster {from:#x}; this node belongs to cluster {ours:#x}"
+            ))
+            .to_status());
+        }
+        self.node.report_soon.notify_one();
+        Ok(Response::new(pb::NudgeResponse {}))
+    }
 }
 
 #[cfg(test)]

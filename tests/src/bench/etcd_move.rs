@@ -319,7 +319,10 @@ async fn wait_leader(members: &[Member]) -> anyhow::Result<u64> {
         if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
             return Ok(leaders[0]);
         }
-        anyhow::ensure!(Instant::now() < deadline, "etcd elected no leader in {START_TIMEOUT:?} (logs in the bench dir)");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "etcd elected no leader in {START_TIMEOUT:?} (logs in the bench dir)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -424,7 +427,7 @@ async fn settle(members: &[Member], leader: &EtcdClient) -> anyhow::Result<()> {
 /// removes `source` (stopping its process). Returns the move and the new member.
 async fn move_member(
     cfg: &EtcdBenchConfig,
-    members: &mut Vec<Member>,
+    members: &mut [Member],
     leader: &EtcdClient,
     leader_id: u64,
     n: usize,
@@ -512,7 +515,11 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut body = String::new();
     tokio::time::timeout(Duration::from_secs(10), (&mut stream).take(MAX_BYTES).read_to_string(&mut body)).await??;
     let (head, rest) = body.split_once("\r\n\r\n").context("an HTTP response")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "GET {path}: {}", head.lines().next().unwrap_or(""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
     Ok(rest.to_string())
 }
 

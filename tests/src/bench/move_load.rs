@@ -205,7 +205,9 @@ pub trait KvPut: Send + Sync + 'static {
 
 impl KvPut for Client {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, Result<(), (String, String)>> {
-        Box::pin(async move { Client::put(self, &key, &value).await.map(drop).map_err(|e| (code_of(&e), e.to_string())) })
+        Box::pin(
+            async move { Client::put(self, &key, &value).await.map(drop).map_err(|e| (code_of(&e), e.to_string())) },
+        )
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -488,7 +488,8 @@ impl MoveReport {
         );
         let _ = writeln!(t, "  {:<60} {:>12} {:>12}", "move (s after MemberAdd sent)", "idle", "loaded");
         let moves = [&e.idle, &e.loaded.result];
-        let rows: [(&str, &dyn Fn(&super::etcd_move::EtcdMove) -> String); 6] = [
+        type Row<'a> = (&'a str, &'a dyn Fn(&super::etcd_move::EtcdMove) -> String);
+        let rows: [Row<'_>; 6] = [
             ("learner added (MemberAdd returned)", &|m| format!("{:.2}", m.learner_added_s)),
             ("learner's process started", &|m| format!("{:.2}", m.learner_started_s)),
             ("promoted (MemberPromote accepted)", &|m| format!("{:.2}", m.promoted_s)),
@@ -500,8 +501,7 @@ impl MoveReport {
             let _ = writeln!(t, "  {name:<60} {:>12} {:>12}", value(moves[0]), value(moves[1]));
         }
         let _ = writeln!(t, "  etcd's clients during its loaded move");
-        for (name, w) in [("before", &e.loaded.before), ("during move", &e.loaded.during), ("after", &e.loaded.after)]
-        {
+        for (name, w) in [("before", &e.loaded.before), ("during move", &e.loaded.during), ("after", &e.loaded.after)] {
             let [p50, p99, max] = columns(w.latency.as_ref());
             let errors: Vec<String> = w.errors.iter().map(|(code, n)| format!("{code} x{n}")).collect();
             let _ = writeln!(
