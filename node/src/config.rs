@@ -179,6 +179,9 @@ impl NodeConfig {
         if l.request_bytes_max * 2 > self.transport.message_bytes_max {
             return Err("transport message-bytes-max must be at least twice request-bytes-max".into());
         }
+        if !(0..=19).contains(&self.transport.snapshot_sender_nice) {
+            return Err("transport snapshot-sender-nice must be between 0 and 19".into());
+        }
         if l.scan_limit_default > l.scan_limit_max {
             return Err("scan-limit-default exceeds scan-limit-max".into());
         }
@@ -213,6 +216,20 @@ mod tests {
         let err = NodeConfig::default().validate().unwrap_err();
         assert!(err.contains("placement driver"), "{err}");
         NodeConfig { pd: vec!["127.0.0.1:7700".into()], ..Default::default() }.validate().unwrap();
+    }
+
+    #[test]
+    fn snapshot_sender_nice_is_a_nice_value() {
+        let mut c = NodeConfig { pd: vec!["127.0.0.1:7700".into()], ..Default::default() };
+        for ok in [0, 10, 19] {
+            c.transport.snapshot_sender_nice = ok;
+            c.validate().unwrap();
+        }
+        for bad in [-1, 20] {
+            c.transport.snapshot_sender_nice = bad;
+            let err = c.validate().unwrap_err();
+            assert!(err.contains("snapshot-sender-nice"), "{err}");
+        }
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub struct TransportConfig {
     pub message_bytes_max: usize,
     /// Target size of one snapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Nice value (0-19) of the thread reading and encoding an outgoing
+    /// snapshot: a move then takes the CPU that client work leaves idle first
+    /// (under a saturating write load: the move ~25 % longer, the clients'
+    /// loss ~15 points smaller; idle moves unchanged). 0: normal priority.
+    pub snapshot_sender_nice: i32,
 }
 
 impl Default for TransportConfig {
@@ -63,6 +68,7 @@ impl Default for TransportConfig {
             rpc_timeout_ms: 5000,
             message_bytes_max: 64 << 20,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_sender_nice: 10,
         }
     }
 }

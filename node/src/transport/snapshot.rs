@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_proto::pb;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -174,12 +174,18 @@ impl Transport {
                 drop(tx);
                 futures::future::Either::Left(std::future::ready(produced))
             }
-            false => futures::future::Either::Right(
-                tokio::task::spawn_blocking(move || {
-                    produce(header, &mut reader, chunk_bytes, |c| tx.blocking_send(c).is_ok())
+            false => {
+                let (done, result) = tokio::sync::oneshot::channel();
+                let nice = self.config.snapshot_sender_nice;
+                let spawned = std::thread::Builder::new().name("cairn-snapshot".into()).spawn(move || {
+                    lower_thread_priority(nice);
+                    let _ = done.send(produce(header, &mut reader, chunk_bytes, |c| tx.blocking_send(c).is_ok()));
+                });
+                futures::future::Either::Right(async move {
+                    spawned.map_err(|e| format!("starting the snapshot reader: {e}"))?;
+                    result.await.unwrap_or_else(|_| Err("snapshot reader panicked".into()))
                 })
-                .map(|r| r.unwrap_or_else(|e| Err(format!("snapshot reader panicked: {e}")))),
-            ),
+            }
         };
         let bandwidth = self.snapshot_bandwidth.clone();
         let counted = progress.counter();
@@ -218,6 +224,29 @@ impl Transport {
         }
     }
 }
+
+/// Sets the calling thread's nice value to `nice` (Linux schedules threads
+/// apart, so only this thread is affected). The thread is the snapshot
+/// reader's own and ends with the transfer: an unprivileged process cannot
+/// raise a priority back, so a pooled thread must never be lowered.
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority read no memory of ours; they act on the
+    // calling thread only.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) != 0
+    };
+    if failed {
+        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "snapshot reader keeps its priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(_nice: i32) {}
 
 /// Reads the snapshot into chunks (header, data, trailer), handing each to
 /// `send`, which returns false once the receiving side is gone.
