@@ -342,20 +342,21 @@ impl PdRuntime {
         // Operator steps for this node, from the state just updated by its report.
         let now = now_ms();
         let mut commands = outcome.commands;
-        let mut pushed = 0;
-        for command in placement::operator::commands_for(&leader.state, &leader.observed, hb.node, now) {
+        let pending = placement::operator::commands_for(&leader.state, &leader.observed, hb.node, now);
+        // Recorded whole, even when the reply cannot carry them all: a node is
+        // nudged only when what the PD wants of it changes.
+        self.nudger.given(hb.node, &pending);
+        for command in pending {
             if commands.len() >= placement::COMMANDS_PER_HEARTBEAT_MAX {
                 break;
             }
             commands.push(command);
-            pushed += 1;
         }
-        // Nodes taking part in an operator report faster, so each step follows
-        // the previous one within ~100 ms; 0: the node's configured interval.
-        self.nudger.given(hb.node, &commands[commands.len() - pushed..]);
         // The report may have moved an operator on: the other nodes it now
         // needs hear of it at once.
         self.nudger.nudge_changed(&leader.state, &leader.observed, now);
+        // Nodes taking part in an operator report faster, so each step follows
+        // the previous one within ~100 ms; 0: the node's configured interval.
         let busy = placement::operator::busy(&leader.state, &leader.observed, hb.node);
         Ok(HeartbeatAnswer {
             commands,

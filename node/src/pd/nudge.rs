@@ -54,7 +54,8 @@ impl Nudger {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `node` was just given `commands` in a heartbeat reply.
+    /// `node` was just answered a heartbeat while the PD had `commands` for it
+    /// (the reply carries them, or as many as it may).
     pub fn given(&self, node: NodeId, commands: &[NodeCommand]) {
         self.lock().given.insert(node, commands.to_vec());
     }
