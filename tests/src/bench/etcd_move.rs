@@ -6,8 +6,8 @@
 //! bench skips this part, saying so, when it cannot find it. The setup mirrors
 //! Cairn's side as closely as etcd allows:
 //! - three members on loopback, data in the bench's directory (same disk);
-//! - the same bytes of documents (same keys, same JSON values), loaded in
-//!   transactions of the same number of documents Cairn's batches hold;
+//! - the same bytes of documents, loaded by the same loader (same keys, same
+//!   JSON values, each batch one transaction);
 //! - etcd's `--snapshot-count` set to Cairn's snapshot policy (a snapshot every
 //!   10 000 entries) and tiny puts until the leader has written one, so the new
 //!   member is sent the database (etcd keeps only 5 000 entries behind a
@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,12 +36,9 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use super::etcd_api::EtcdClient;
-use super::move_load::{
-    self, KvPut, LOAD_BATCH_BYTES, LOAD_BATCH_ITEMS_MAX, LOAD_KEY_BYTES, LoadStats, WindowStats, Writers, load_key,
-};
+use super::move_load::{self, KvPut, LoadStats, WindowStats, Writers};
 use super::move_status::Status;
 use super::move_watch::{MOVE_TIMEOUT, POLL_MS};
-use super::workload::json_value;
 use futures::future::BoxFuture;
 
 /// etcd's snapshot interval here: Cairn's default snapshot policy.
@@ -51,8 +47,8 @@ const SNAPSHOT_COUNT: u64 = 10_000;
 /// The most tiny puts spent making the leader write its first snapshot.
 const FILL_PUTS_MAX: u64 = 60_000;
 
-/// Concurrent tiny-put tasks while filling the log.
-const FILL_TASKS: usize = 32;
+/// The longest the fill may take.
+const FILL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long a member may take to start, or the cluster to elect a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -219,6 +215,10 @@ impl KvPut for EtcdClient {
                 .map_err(|s| (format!("{:?}", s.code()).to_uppercase(), s.message().to_string()))
         })
     }
+
+    fn put_batch(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { Ok(self.put_all(pairs).await?) })
+    }
 }
 
 /// Runs the etcd side: cluster, load, idle move, loaded move.
@@ -242,11 +242,20 @@ pub async fn run(cfg: &EtcdBenchConfig, status: &Arc<Status>) -> anyhow::Result<
     eprintln!("[etcd] {} members up, leader {leader_name}, etcd {version}", members.len());
 
     status.phase("etcd-load");
-    let load = load(&leader_client, cfg, status).await?;
+    let load = move_load::load_shard(&leader_client, cfg.shard_bytes, cfg.value_bytes, cfg.load_tasks, status).await?;
     eprintln!("[etcd-load] {:.1} MB in {:.1} s ({:.1} MB/s)", load.bytes as f64 / 1e6, load.seconds, load.mb_per_sec);
     status.phase("etcd-fill-log");
     let leader_dir = members.iter().find(|m| m.id == leader_id).map(|m| m.dir.clone()).context("leader dir")?;
-    let fill_puts = fill_until_snapshot(&leader_client, &leader_dir).await?;
+    let snap_dir = leader_dir.join("member").join("snap");
+    let has_snapshot = || {
+        std::fs::read_dir(&snap_dir)
+            .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "snap")))
+            .unwrap_or(false)
+    };
+    let fill = move_load::fill_log(&leader_client, FILL_PUTS_MAX, FILL_TIMEOUT, has_snapshot)
+        .await
+        .context("making etcd's leader write a snapshot")?;
+    let fill_puts = fill.puts;
     eprintln!("[etcd-fill-log] {fill_puts} puts: the leader has written a snapshot");
     status.phase("etcd-settle");
     settle(&members, &leader_client).await?;
@@ -291,12 +300,7 @@ pub async fn run(cfg: &EtcdBenchConfig, status: &Arc<Status>) -> anyhow::Result<
     let before = move_load::window(&log, before_from, before_to);
     let during = move_load::window(&log, move_start, move_end);
     let after = move_load::window(&log, after_from, after_to);
-    let throughput_loss_percent =
-        if before.ops_per_sec > 0.0 { (1.0 - during.ops_per_sec / before.ops_per_sec) * 100.0 } else { 0.0 };
-    let p99_factor = match (&before.latency, &during.latency) {
-        (Some(b), Some(d)) if b.p99_ms > 0.0 => Some(d.p99_ms / b.p99_ms),
-        _ => None,
-    };
+    let (throughput_loss_percent, p99_factor) = move_load::loss(&before, &during);
     status.phase("etcd-shutdown");
     Ok(EtcdRun {
         version,
@@ -325,89 +329,6 @@ async fn wait_leader(members: &[Member]) -> anyhow::Result<u64> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Loads `cfg.shard_bytes` of documents in transactions of as many documents as
-/// Cairn's load batches hold.
-async fn load(client: &EtcdClient, cfg: &EtcdBenchConfig, status: &Arc<Status>) -> anyhow::Result<LoadStats> {
-    let doc_bytes = (LOAD_KEY_BYTES + cfg.value_bytes) as u64;
-    let docs = cfg.shard_bytes.div_ceil(doc_bytes).max(1);
-    let items = (LOAD_BATCH_BYTES / (LOAD_KEY_BYTES + cfg.value_bytes)).clamp(1, LOAD_BATCH_ITEMS_MAX) as u64;
-    let batches = docs.div_ceil(items);
-    status.load_target_bytes.store(docs * doc_bytes, Ordering::Relaxed);
-    status.loaded_bytes.store(0, Ordering::Relaxed);
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let value_bytes = cfg.value_bytes;
-    let tasks = (0..cfg.load_tasks.max(1)).map(|task| {
-        let (client, next, status) = (client.clone(), next.clone(), status.clone());
-        tokio::spawn(async move {
-            loop {
-                let batch = next.fetch_add(1, Ordering::Relaxed);
-                if batch >= batches {
-                    return anyhow::Ok(());
-                }
-                let first = batch * items;
-                let n = items.min(docs - first);
-                let pairs = (0..n).map(|i| (load_key(batch, i), json_value(task, first + i, value_bytes))).collect();
-                client.put_all(pairs).await.with_context(|| format!("etcd load batch {batch}"))?;
-                status.loaded_bytes.fetch_add(n * doc_bytes, Ordering::Relaxed);
-            }
-        })
-    });
-    for joined in futures::future::join_all(tasks).await {
-        joined.context("an etcd load task panicked")??;
-    }
-    status.load_target_bytes.store(0, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    let bytes = docs * doc_bytes;
-    Ok(LoadStats { docs, bytes, batches, items_per_batch: items, seconds, mb_per_sec: bytes as f64 / 1e6 / seconds })
-}
-
-/// Tiny overwrites until the leader has a snapshot file (`member/snap/*.snap`);
-/// returns the puts it took.
-async fn fill_until_snapshot(client: &EtcdClient, leader_dir: &Path) -> anyhow::Result<u64> {
-    let snap_dir = leader_dir.join("member").join("snap");
-    let has_snapshot = || {
-        std::fs::read_dir(&snap_dir)
-            .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "snap")))
-            .unwrap_or(false)
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let puts = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..FILL_TASKS)
-        .map(|task| {
-            let (client, stop, puts) = (client.clone(), stop.clone(), puts.clone());
-            tokio::spawn(async move {
-                let key = format!("ffff/fill/{task:02}").into_bytes();
-                let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    client.put(key.clone(), format!(r#"{{"fill":{seq}}}"#).into_bytes()).await?;
-                    puts.fetch_add(1, Ordering::Relaxed);
-                    seq += 1;
-                }
-                Ok::<_, tonic::Status>(())
-            })
-        })
-        .collect();
-    let outcome = loop {
-        if has_snapshot() {
-            break Ok(());
-        }
-        if puts.load(Ordering::Relaxed) >= FILL_PUTS_MAX {
-            break Err(anyhow::anyhow!("etcd wrote no snapshot after {FILL_PUTS_MAX} puts"));
-        }
-        if tasks.iter().any(|t| t.is_finished()) {
-            break Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.context("an etcd fill task panicked")?.context("an etcd fill put")?;
-    }
-    outcome?;
-    Ok(puts.load(Ordering::Relaxed))
 }
 
 /// Waits until every member has applied the leader's committed index.

@@ -1,5 +1,6 @@
-//! The client side of `move-bench`, all through the routed [`Client`] (the PD's
-//! shard map, kept current by its watch, so the clients follow the moves):
+//! The client side of `move-bench`, through the routed [`Client`] (the PD's
+//! shard map, kept current by its watch, so the clients follow the moves) or,
+//! for the loader and the writers, any [`KvPut`] (the bench's etcd client too):
 //!
 //! - [`load_shard`] fills the shard with documents quickly: batches of about
 //!   [`LOAD_BATCH_BYTES`] written by concurrent tasks, each task building one batch
@@ -75,8 +76,8 @@ pub struct LoadStats {
 /// Writes documents of `value_bytes` until they add up to at least `target_bytes`
 /// (keys plus values), with `tasks` concurrent batch writers. Fails on the first
 /// failed batch.
-pub async fn load_shard(
-    client: &Client,
+pub async fn load_shard<C: KvPut + Clone>(
+    client: &C,
     target_bytes: u64,
     value_bytes: usize,
     tasks: usize,
@@ -102,7 +103,7 @@ pub async fn load_shard(
                 let n = items.min(docs - first);
                 let batch_items: Vec<(Vec<u8>, Vec<u8>)> =
                     (0..n).map(|i| (load_key(batch, i), json_value(task, first + i, value_bytes))).collect();
-                client.batch_put(batch_items).await.with_context(|| format!("load batch {batch}"))?;
+                client.put_batch(batch_items).await.with_context(|| format!("load batch {batch}"))?;
                 status.loaded_bytes.fetch_add(n * doc_bytes, Ordering::Relaxed);
             }
         })
@@ -124,8 +125,8 @@ pub struct FillStats {
 
 /// Overwrites [`FILL_TASKS`] tiny documents until `done()` holds (checked every
 /// 100 ms), at most `puts_max` puts or `timeout`.
-pub async fn fill_log(
-    client: &Client,
+pub async fn fill_log<C: KvPut + Clone>(
+    client: &C,
     puts_max: u64,
     timeout: Duration,
     mut done: impl FnMut() -> bool,
@@ -137,10 +138,13 @@ pub async fn fill_log(
         .map(|task| {
             let (client, stop, puts) = (client.clone(), stop.clone(), puts.clone());
             tokio::spawn(async move {
-                let key = format!("ffff/fill/{task:02}");
+                let key = format!("ffff/fill/{task:02}").into_bytes();
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    client.put(&key, format!(r#"{{"fill":{seq}}}"#)).await.context("fill put")?;
+                    let value = format!(r#"{{"fill":{seq}}}"#).into_bytes();
+                    KvPut::put(&client, key.clone(), value)
+                        .await
+                        .map_err(|(code, message)| anyhow::anyhow!("fill put: {code}: {message}"))?;
                     puts.fetch_add(1, Ordering::Relaxed);
                     seq += 1;
                 }
@@ -197,6 +201,9 @@ pub trait KvPut: Send + Sync + 'static {
     /// Puts `value` at `key`; an error is (its code, its message).
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, Result<(), (String, String)>>;
 
+    /// Puts every pair in one request (one Raft entry).
+    fn put_batch(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> BoxFuture<'_, anyhow::Result<()>>;
+
     /// Closes the connection once the writer has stopped.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -208,6 +215,10 @@ impl KvPut for Client {
         Box::pin(
             async move { Client::put(self, &key, &value).await.map(drop).map_err(|e| (code_of(&e), e.to_string())) },
         )
+    }
+
+    fn put_batch(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move { Ok(self.batch_put(pairs).await.map(drop)?) })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -310,6 +321,17 @@ pub struct WindowStats {
     pub latency: Option<LatencySummary>,
     /// Failed writes by error code.
     pub errors: BTreeMap<String, u64>,
+}
+
+/// What a move cost the writers: `(1 - during ops/s ÷ before ops/s) × 100`
+/// (negative when throughput went up) and p99 during ÷ p99 before.
+pub fn loss(before: &WindowStats, during: &WindowStats) -> (f64, Option<f64>) {
+    let percent = if before.ops_per_sec > 0.0 { (1.0 - during.ops_per_sec / before.ops_per_sec) * 100.0 } else { 0.0 };
+    let p99_factor = match (&before.latency, &during.latency) {
+        (Some(b), Some(d)) if b.p99_ms > 0.0 => Some(d.p99_ms / b.p99_ms),
+        _ => None,
+    };
+    (percent, p99_factor)
 }
 
 /// Summarises the writes that started in `[from, to)` (durations since `t0`).

@@ -382,16 +382,7 @@ impl MoveReport {
         windows.extend(l.during_parts.iter().map(|(name, w)| (format!("  {name}"), w)));
         windows.push(("after".into(), &l.after));
         for (name, w) in windows {
-            let [p50, p99, max] = columns(w.latency.as_ref());
-            let errors: Vec<String> = w.errors.iter().map(|(code, n)| format!("{code} x{n}")).collect();
-            let _ = writeln!(
-                t,
-                "  {name:<22} {:>5.1} {:>10} {:>10.1} {p50:>9} {p99:>9} {max:>9}  {}",
-                w.seconds,
-                w.ops,
-                w.ops_per_sec,
-                if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
-            );
+            window_row(&mut t, &name, w);
         }
         for (code, m) in &l.error_examples {
             let _ = writeln!(t, "    e.g. {code}: {m}");
@@ -502,16 +493,7 @@ impl MoveReport {
         }
         let _ = writeln!(t, "  etcd's clients during its loaded move");
         for (name, w) in [("before", &e.loaded.before), ("during move", &e.loaded.during), ("after", &e.loaded.after)] {
-            let [p50, p99, max] = columns(w.latency.as_ref());
-            let errors: Vec<String> = w.errors.iter().map(|(code, n)| format!("{code} x{n}")).collect();
-            let _ = writeln!(
-                t,
-                "  {name:<22} {:>5.1} {:>10} {:>10.1} {p50:>9} {p99:>9} {max:>9}  {}",
-                w.seconds,
-                w.ops,
-                w.ops_per_sec,
-                if errors.is_empty() { "none".to_string() } else { errors.join(", ") }
-            );
+            window_row(t, name, w);
         }
         let _ = writeln!(
             t,
@@ -521,6 +503,18 @@ impl MoveReport {
         );
         let _ = writeln!(t);
     }
+}
+
+/// One line of a clients' window: seconds, operations, ops/s, latencies, errors.
+fn window_row(t: &mut String, name: &str, w: &WindowStats) {
+    let [p50, p99, max] = columns(w.latency.as_ref());
+    let errors: Vec<String> = w.errors.iter().map(|(code, n)| format!("{code} x{n}")).collect();
+    let errors = if errors.is_empty() { "none".to_string() } else { errors.join(", ") };
+    let _ = writeln!(
+        t,
+        "  {name:<22} {:>5.1} {:>10} {:>10.1} {p50:>9} {p99:>9} {max:>9}  {errors}",
+        w.seconds, w.ops, w.ops_per_sec
+    );
 }
 
 fn arrow(m: &MoveResult) -> String {

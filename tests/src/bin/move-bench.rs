@@ -255,12 +255,7 @@ async fn run_cluster(
         ],
         _ => Vec::new(),
     };
-    let throughput_loss_percent =
-        if before.ops_per_sec > 0.0 { (1.0 - during.ops_per_sec / before.ops_per_sec) * 100.0 } else { 0.0 };
-    let p99_factor = match (&before.latency, &during.latency) {
-        (Some(b), Some(d)) if b.p99_ms > 0.0 => Some(d.p99_ms / b.p99_ms),
-        _ => None,
-    };
+    let (throughput_loss_percent, p99_factor) = move_load::loss(&before, &during);
     let loaded = LoadedMove {
         result: moved,
         before,
