@@ -10,6 +10,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::StorageError;
 use super::codec::{decode_sealed, encode_sealed};
+use super::docs::{self, DocsTable, TailsTable};
 use super::tables::*;
 use crate::command::{CommandResponse, KvWrite, ShardCommand, TxnOp};
 
@@ -67,6 +68,7 @@ pub(super) fn apply_batch(
         None => return Err(StorageError::ShardMissing(shard)),
     };
     let mut docs = txn.open_table(DOCS)?;
+    let mut tails = txn.open_table(DOC_TAILS)?;
     let mut sessions = txn.open_table(SESSIONS)?;
     let mut clients = txn.open_table(SESSION_CLIENTS)?;
     let data_id = record.data_id;
@@ -105,7 +107,7 @@ pub(super) fn apply_batch(
                     // A retry of a write that already ran: answer as the first time.
                     Some(response) => response,
                     None => {
-                        let response = execute(&mut docs, data_id, &mut record, index, &cmd)?;
+                        let response = execute(&mut docs, &mut tails, data_id, &mut record, index, &cmd)?;
                         if session.client_id != 0 && response.is_final() {
                             sessions.insert(
                                 (data_id, session.client_id, session.seq),
@@ -137,7 +139,8 @@ pub(super) fn apply_batch(
 }
 
 fn execute(
-    docs: &mut redb::Table<(u64, &[u8]), &[u8]>,
+    docs: &mut DocsTable<'_>,
+    tails: &mut TailsTable<'_>,
     data_id: u64,
     record: &mut ShardRecord,
     index: u64,
@@ -150,22 +153,16 @@ fn execute(
     if cmd.op.keys().iter().any(|k| !range.contains(k)) {
         return Ok(CommandResponse::KeyNotInShard);
     }
-    let current = |docs: &redb::Table<(u64, &[u8]), &[u8]>, key: &[u8]| -> Result<Option<StoredDoc>, StorageError> {
-        Ok(match docs.get((data_id, key))? {
-            Some(v) => Some(decode_sealed(v.value())?),
-            None => None,
-        })
-    };
     let condition_holds = |cur: &Option<StoredDoc>, expected: Option<u64>| match expected {
         None => true,
         Some(0) => cur.is_none(),
         Some(v) => cur.as_ref().map(|d| d.version) == Some(v),
     };
     let stats = &mut record.stats;
-    let mut w = DocWriter { docs, data_id, index, ts_ms: cmd.ts_ms, stats };
+    let mut w = DocWriter { docs, tails, data_id, index, ts_ms: cmd.ts_ms, stats };
     Ok(match &cmd.op {
         KvWrite::Put { key, value, expected_version } => {
-            let cur = current(w.docs, key)?;
+            let cur = w.current(key)?;
             if !condition_holds(&cur, *expected_version) {
                 return Ok(CommandResponse::ConditionFailed { current_version: cur.map(|d| d.version).unwrap_or(0) });
             }
@@ -173,7 +170,7 @@ fn execute(
             CommandResponse::Put { version: index }
         }
         KvWrite::Delete { key, expected_version } => {
-            let cur = current(w.docs, key)?;
+            let cur = w.current(key)?;
             if !condition_holds(&cur, *expected_version) {
                 return Ok(CommandResponse::ConditionFailed { current_version: cur.map(|d| d.version).unwrap_or(0) });
             }
@@ -183,14 +180,14 @@ fn execute(
         }
         KvWrite::BatchPut { items } => {
             for (key, value) in items {
-                let cur = current(w.docs, key)?;
+                let cur = w.current(key)?;
                 w.store(key, value, cur)?;
             }
             CommandResponse::BatchPut { version: index }
         }
         KvWrite::Txn { compares, ops } => {
             for (key, expected) in compares {
-                let cur = current(w.docs, key)?;
+                let cur = w.current(key)?;
                 if !condition_holds(&cur, Some(*expected)) {
                     return Ok(CommandResponse::ConditionFailed {
                         current_version: cur.map(|d| d.version).unwrap_or(0),
@@ -198,7 +195,7 @@ fn execute(
                 }
             }
             for op in ops {
-                let cur = current(w.docs, op.key())?;
+                let cur = w.current(op.key())?;
                 match op {
                     TxnOp::Put { key, value } => w.store(key, value, cur)?,
                     TxnOp::Delete { key } => w.remove(key, cur)?,
@@ -210,15 +207,21 @@ fn execute(
 }
 
 /// Writes documents of one shard at one log index, keeping its stats exact.
-struct DocWriter<'a, 't> {
-    docs: &'a mut redb::Table<'t, (u64, &'static [u8]), &'static [u8]>,
+struct DocWriter<'a, 't, 'u> {
+    docs: &'a mut DocsTable<'t>,
+    tails: &'a mut TailsTable<'u>,
     data_id: u64,
     index: u64,
     ts_ms: u64,
     stats: &'a mut DataStats,
 }
 
-impl DocWriter<'_, '_> {
+impl DocWriter<'_, '_, '_> {
+    /// The document at `key` as of the writes so far, verified.
+    fn current(&self, key: &[u8]) -> Result<Option<StoredDoc>, StorageError> {
+        docs::get(self.docs, self.tails, self.data_id, key)
+    }
+
     /// Writes `value` at this entry's index, keeping the creation time of the
     /// document it replaces.
     fn store(&mut self, key: &[u8], value: &[u8], cur: Option<StoredDoc>) -> Result<(), StorageError> {
@@ -232,14 +235,13 @@ impl DocWriter<'_, '_> {
             updated_at_ms: self.ts_ms,
             value: value.to_vec(),
         };
-        self.docs.insert((self.data_id, key), encode_sealed(&doc).as_slice())?;
-        Ok(())
+        docs::put(self.docs, self.tails, self.data_id, key, &encode_sealed(&doc), docs::Layout::Whole)
     }
 
     fn remove(&mut self, key: &[u8], cur: Option<StoredDoc>) -> Result<(), StorageError> {
         if let Some(old) = cur {
             self.stats.remove(key, &old.value);
-            self.docs.remove((self.data_id, key))?;
+            docs::remove(self.docs, self.tails, self.data_id, key)?;
         }
         Ok(())
     }

@@ -20,6 +20,10 @@ pub enum CodecError {
     Truncated(usize),
     #[error("{0} trailing bytes after the value")]
     Trailing(usize),
+    #[error("a stored document has {found} bytes where its header announces {announced}")]
+    DocLength { announced: u64, found: u64 },
+    #[error("a stored document's tail part {found} is where part {expected} belongs")]
+    DocPart { expected: u32, found: u32 },
     #[error("{found} records where {said} were announced")]
     RecordCount { found: u64, said: u64 },
 }

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod backend;
 pub mod codec;
+pub mod docs;
 pub mod snapshot;
 pub mod tables;
 pub mod writer;
@@ -174,6 +175,7 @@ impl Storage {
             txn.open_table(RAFT_META)?;
             txn.open_table(SHARDS)?;
             txn.open_table(DOCS)?;
+            txn.open_table(DOC_TAILS)?;
             txn.open_table(SESSIONS)?;
             txn.open_table(SESSION_CLIENTS)?;
             txn.open_table(NODE_META)?;
@@ -379,8 +381,8 @@ impl Storage {
     ) -> Result<T, StorageError> {
         let txn = self.begin_read()?;
         let record = read_shard_record(&txn, shard.0)?.ok_or(StorageError::ShardMissing(shard.0))?;
-        let table = txn.open_table(DOCS)?;
-        let reader = DocReader { data_id: record.data_id, table };
+        let reader =
+            DocReader { data_id: record.data_id, table: txn.open_table(DOCS)?, tails: txn.open_table(DOC_TAILS)? };
         f(&record, &reader)
     }
 }
@@ -400,14 +402,12 @@ pub type ScanPage = (Vec<(Vec<u8>, StoredDoc)>, Option<Vec<u8>>);
 pub struct DocReader {
     data_id: u64,
     table: redb::ReadOnlyTable<(u64, &'static [u8]), &'static [u8]>,
+    tails: redb::ReadOnlyTable<(u64, &'static [u8], u32), &'static [u8]>,
 }
 
 impl DocReader {
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredDoc>, StorageError> {
-        Ok(match self.table.get((self.data_id, key))? {
-            Some(v) => Some(decode_sealed(v.value())?),
-            None => None,
-        })
+        docs::get(&self.table, &self.tails, self.data_id, key)
     }
 
     /// Up to `limit` documents with keys in `range`, in key order; also returns
@@ -426,7 +426,8 @@ impl DocReader {
             if out.len() == limit {
                 return Ok((out, Some(key)));
             }
-            out.push((key, decode_sealed(v.value())?));
+            let record = docs::whole_record(&self.tails, self.data_id, &key, v.value())?;
+            out.push((key, decode_sealed(&record)?));
         }
         Ok((out, None))
     }

@@ -167,6 +167,7 @@ impl SnapshotReader {
             match &self.phase {
                 Phase::Docs(after) => {
                     let table = self.view.txn.open_table(DOCS)?;
+                    let tails = self.view.txn.open_table(DOC_TAILS)?;
                     let range = match after {
                         Some(k) => table.range((data_id, k.as_slice())..(data_id + 1, &[][..]))?,
                         None => table.range((data_id, &[][..])..(data_id + 1, &[][..]))?,
@@ -178,7 +179,8 @@ impl SnapshotReader {
                         if after.as_deref() == Some(key) {
                             continue;
                         }
-                        out.push(&SnapshotRecord::Doc { key, doc: v.value() });
+                        let doc = super::docs::whole_record(&tails, data_id, key, v.value())?;
+                        out.push(&SnapshotRecord::Doc { key, doc: &doc });
                         if out.len_bytes() >= max_bytes {
                             next = Phase::Docs(Some(key.to_vec()));
                             break;

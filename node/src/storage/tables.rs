@@ -6,7 +6,9 @@
 //!   [`META_COMMITTED`], [`META_PURGED`].
 //! - `shards`: shard -> sealed [`ShardRecord`]: descriptor, applied log id,
 //!   membership and the `data_id` under which the shard's documents live.
-//! - `docs`: (data_id, user key) -> sealed [`StoredDoc`].
+//! - `docs`: (data_id, user key) -> sealed [`StoredDoc`], or its first bytes
+//!   when it is too big for one page, the rest in `doc_tails`: (data_id, user
+//!   key, part) -> the next bytes (see [`super::docs`]).
 //! - `sessions`: (data_id, client, seq) -> sealed response, and
 //!   `session_clients`: (data_id, client) -> last seen (ms).
 //! - `data_gc`: data_id -> [`GC_STAGING`] or [`GC_GARBAGE`].
@@ -27,6 +29,7 @@ pub const RAFT_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("r
 pub const RAFT_META: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("raft_meta");
 pub const SHARDS: TableDefinition<u64, &[u8]> = TableDefinition::new("shards");
 pub const DOCS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("docs");
+pub const DOC_TAILS: TableDefinition<(u64, &[u8], u32), &[u8]> = TableDefinition::new("doc_tails");
 pub const SESSIONS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("sessions");
 pub const SESSION_CLIENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("session_clients");
 pub const DATA_GC: TableDefinition<u64, u8> = TableDefinition::new("data_gc");

@@ -474,17 +474,7 @@ impl Writer {
 }
 
 fn delete_prefix_docs(txn: &WriteTransaction, data_id: u64, budget: usize) -> Result<usize, StorageError> {
-    let mut docs = txn.open_table(DOCS)?;
-    let start: (u64, &[u8]) = (data_id, &[]);
-    let keys: Vec<Vec<u8>> = docs
-        .range(start..(data_id + 1, &[][..]))?
-        .take(budget)
-        .map(|r| r.map(|(k, _)| k.value().1.to_vec()))
-        .collect::<Result<_, _>>()?;
-    for k in &keys {
-        docs.remove((data_id, k.as_slice()))?;
-    }
-    Ok(keys.len())
+    super::docs::delete_some(&mut txn.open_table(DOCS)?, &mut txn.open_table(DOC_TAILS)?, data_id, budget)
 }
 
 fn delete_prefix_sessions(txn: &WriteTransaction, data_id: u64, budget: usize) -> Result<usize, StorageError> {
@@ -606,12 +596,13 @@ fn execute_unit(txn: &WriteTransaction, op: &WriteOp) -> Result<(), StorageError
         }
         WriteOp::StageRecords { data_id, chunk, .. } => {
             let mut docs = txn.open_table(DOCS)?;
+            let mut tails = txn.open_table(DOC_TAILS)?;
             let mut sessions = txn.open_table(SESSIONS)?;
             let mut clients = txn.open_table(SESSION_CLIENTS)?;
             for r in chunk.records() {
                 match r? {
                     SnapshotRecord::Doc { key, doc } => {
-                        docs.insert((*data_id, key), doc)?;
+                        super::docs::put(&mut docs, &mut tails, *data_id, key, doc, super::docs::Layout::Paged)?;
                     }
                     SnapshotRecord::Session { client, seq, response } => {
                         sessions.insert((*data_id, client, seq), response)?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cairn_node::storage::codec::decode_sealed;
-use cairn_node::storage::tables::{DATA_GC, DOCS, GC_GARBAGE, SHARDS, ShardRecord, TOMBSTONES, Tombstone};
+use cairn_node::storage::tables::{DATA_GC, DOC_TAILS, DOCS, GC_GARBAGE, SHARDS, ShardRecord, TOMBSTONES, Tombstone};
 use cairn_proto::{KeyRange, ShardDescriptor};
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -138,6 +138,20 @@ pub fn inspect(node: u64, path: &Path, ranges: &[(u64, KeyRange)]) -> anyhow::Re
             }
         }
     }
+    // The rest of documents too big for one page: a part under a data id no
+    // record names is an orphan row like its head.
+    for item in txn.open_table(DOC_TAILS)?.iter()? {
+        let (k, v) = item?;
+        let (data_id, key, _) = k.value();
+        if Some(data_id) == pd_data_id || by_data_id.contains_key(&data_id) {
+            continue;
+        }
+        report.orphan_rows += 1;
+        report.orphan_bytes += (key.len() + v.value().len()) as u64;
+        if report.gc_garbage.contains(&data_id) {
+            report.orphan_rows_queued += 1;
+        }
+    }
     Ok(report)
 }
 
@@ -194,13 +208,18 @@ mod tests {
                 for (data_id, key) in [(10, "a"), (10, "b"), (20, "n"), (20, "o"), (30, "p")] {
                     docs.insert((data_id, key.as_bytes()), b"{}".as_slice()).expect("insert");
                 }
+                // Tails: of a live document (not an orphan), of a queued one and a leaked one.
+                let mut tails = txn.open_table(DOC_TAILS).expect("doc tails");
+                for (data_id, key) in [(10, "a"), (20, "n"), (30, "q")] {
+                    tails.insert((data_id, key.as_bytes(), 0), b"}".as_slice()).expect("insert");
+                }
             }
             txn.commit().expect("commit");
         }
         let report = inspect(7, &path, &[(1, a), (2, b)]).expect("inspect");
         assert_eq!(report.records.keys().copied().collect::<Vec<_>>(), vec![1]);
         assert_eq!((report.records[&1].rows, report.records[&1].key_count), (2, 2));
-        assert_eq!((report.orphan_rows, report.orphan_rows_queued, report.leaked_rows()), (3, 2, 1));
+        assert_eq!((report.orphan_rows, report.orphan_rows_queued, report.leaked_rows()), (5, 3, 2));
         assert_eq!(report.orphan_shards.get(&2), Some(&3));
         assert_eq!(report.tombstones.get(&2), Some(&4));
     }
