@@ -119,6 +119,8 @@ impl RaftGroup {
                 return Err(e);
             }
         };
+        let staged_in = started.elapsed();
+        tracing::info!(shard = %self.shard(), bytes, staged_s = staged_in.as_secs_f64(), "snapshot staged");
         let record = ShardRecord {
             descriptor,
             data_id,
@@ -136,6 +138,12 @@ impl RaftGroup {
         if !installed {
             let _ = storage.submit(WriteOp::DiscardStaging { data_id }).await;
         }
+        tracing::info!(
+            shard = %self.shard(),
+            installed,
+            install_s = (started.elapsed() - staged_in).as_secs_f64(),
+            "snapshot received"
+        );
         crate::metrics::snapshot_received(bytes, started.elapsed());
         let resp = result.map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok(encode(&resp))

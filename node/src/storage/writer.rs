@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +29,9 @@ use super::codec::{decode, encode, encode_sealed, unseal};
 use super::snapshot::{SnapshotChunk, SnapshotRecord};
 use super::tables::*;
 use crate::command::CommandResponse;
+
+/// Commits taking at least this long are logged (at info), with their durability.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 pub type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 /// Called on the writer thread once a log append is durable (or failed).
@@ -405,10 +409,15 @@ impl Writer {
             if self.crashed.load(Ordering::Acquire) {
                 return false;
             }
+            let commit_started = Instant::now();
             let result = match failed {
                 Some(e) => Err(e),
                 None => txn.commit().map_err(StorageError::from),
             };
+            let commit_took = commit_started.elapsed();
+            if commit_took >= SLOW_COMMIT {
+                tracing::info!(durable = is_durable, ms = commit_took.as_millis() as u64, "slow commit");
+            }
             match result {
                 Ok(()) => {
                     if is_durable {
