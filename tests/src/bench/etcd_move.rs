@@ -172,7 +172,8 @@ impl MemberPlan {
             .args(["--quota-backend-bytes", &QUOTA_BYTES.to_string()])
             // Cairn's batch limit (1000 documents), so a load batch is one transaction.
             .args(["--max-txn-ops", "1000"])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            // info: a failed run's kept logs then show leader and membership changes.
+            .args(["--logger", "zap", "--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
