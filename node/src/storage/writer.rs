@@ -868,4 +868,98 @@ mod tests {
         // Other shards are unaffected.
         create(&storage, 4, 0, Some(1)).await.unwrap();
     }
+
+    /// The documents in the first chunk of `shard`'s snapshot, as sent.
+    fn sent_docs(storage: &Storage, shard: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let view = storage.snapshot_view(ShardId(shard)).unwrap().expect("a record");
+        let chunk = view.reader().next_chunk(1 << 20).unwrap().expect("a chunk");
+        chunk
+            .records()
+            .filter_map(|r| match r.unwrap() {
+                SnapshotRecord::Doc { key, doc } => Some((key.to_vec(), doc.to_vec())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_doc_tails_opens_and_staged_documents_are_paged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let sealed = |n: usize, version: u64| {
+            encode_sealed(&StoredDoc { version, created_at_ms: 1, updated_at_ms: 2, value: vec![b'x'; n] })
+        };
+        let docs: Vec<(Vec<u8>, Vec<u8>)> =
+            vec![(b"a".to_vec(), sealed(10_000, 1)), (b"b".to_vec(), sealed(4_100, 2)), (b"c".to_vec(), sealed(10, 3))];
+        // A file written before the `doc_tails` table existed: documents whole.
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut old = record(1, 1);
+                old.data_id = 500;
+                txn.open_table(SHARDS).unwrap().insert(1, encode_sealed(&old).as_slice()).unwrap();
+                let mut table = txn.open_table(DOCS).unwrap();
+                for (k, d) in &docs {
+                    table.insert((500, k.as_slice()), d.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let storage = Storage::open(&path, StorageConfig::default()).unwrap();
+        let read_all = |storage: &Storage| -> Vec<(Vec<u8>, Vec<u8>)> {
+            storage
+                .read_docs(ShardId(1), |_, d| d.scan(&KeyRange::full(), 10))
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|(k, d)| (k, encode_sealed(&d)))
+                .collect()
+        };
+        assert_eq!(read_all(&storage), docs);
+        assert_eq!(sent_docs(&storage, 1), docs, "a snapshot carries whole documents");
+
+        // Received by snapshot, the documents past a page are stored paged.
+        let staging = storage.call(|done| WriteOp::AllocStaging { done }).await.unwrap();
+        let mut bytes = Vec::new();
+        for (key, doc) in &docs {
+            super::super::codec::encode_into(&SnapshotRecord::Doc { key, doc }, &mut bytes);
+        }
+        let chunk = SnapshotChunk::validate(bytes, docs.len() as u32).unwrap();
+        storage.call(|done| WriteOp::StageRecords { data_id: staging, chunk, done }).await.unwrap();
+        let mut installed = record(1, 2);
+        installed.data_id = staging;
+        storage.call(|done| WriteOp::InstallSnapshot { record: installed, done }).await.unwrap();
+        assert_eq!(read_all(&storage), docs);
+        assert_eq!(sent_docs(&storage, 1), docs, "paged documents are sent whole");
+        let paged: std::collections::BTreeSet<Vec<u8>> = {
+            let txn = storage.begin_read().unwrap();
+            let tails = txn.open_table(DOC_TAILS).unwrap();
+            let range = tails.range((staging, &[][..], 0)..(staging + 1, &[][..], 0)).unwrap();
+            range.map(|r| r.unwrap().0.value().1.to_vec()).collect()
+        };
+        assert_eq!(paged, [b"a".to_vec(), b"b".to_vec()].into_iter().collect());
+
+        // The replaced data id goes in the background, heads and tails alike.
+        let rows = |data_id: u64| {
+            let txn = storage.begin_read().unwrap();
+            let heads =
+                txn.open_table(DOCS).unwrap().range((data_id, &[][..])..(data_id + 1, &[][..])).unwrap().count();
+            let tails = txn
+                .open_table(DOC_TAILS)
+                .unwrap()
+                .range((data_id, &[][..], 0)..(data_id + 1, &[][..], 0))
+                .unwrap()
+                .count();
+            heads + tails
+        };
+        for _ in 0..1000 {
+            if rows(500) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rows(500), 0, "the old data id is collected");
+        assert_eq!(rows(staging), 3 + 3, "3 heads, 2 parts of a and 1 of b");
+    }
 }
