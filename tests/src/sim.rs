@@ -157,7 +157,7 @@ pub struct Movement {
 
 /// The schedule: a pure function of the config.
 pub fn schedule(config: &SimConfig) -> Vec<Planned> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5ee_d5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x0005_eed5);
     let faults: Vec<SimNemesis> = config.nemeses.iter().copied().filter(|n| *n != SimNemesis::Move).collect();
     let moving = config.nemeses.contains(&SimNemesis::Move);
     let mut at = Duration::ZERO;
@@ -261,6 +261,7 @@ async fn host(config: NodeConfig, control: Arc<Control>) -> turmoil::Result {
 
 /// The workload host: waits for the cluster, runs the register workload until
 /// `stop`, and carries out the harness's data movement meanwhile.
+#[allow(clippy::too_many_arguments)] // one call site, each a distinct handle of the harness
 async fn workload(
     pd: Vec<String>,
     net: Net,
@@ -359,9 +360,9 @@ pub fn run(config: &SimConfig) -> anyhow::Result<SimRun> {
         .build();
 
     let controls: Vec<Arc<Control>> = (0..config.nodes).map(|_| Arc::new(Control::default())).collect();
-    for i in 0..config.nodes {
+    for (i, control) in controls.iter().enumerate() {
         let node = node_config(i, config, data.path(), &net);
-        let control = controls[i].clone();
+        let control = control.clone();
         sim.host(host_name(i), move || host(node.clone(), control.clone()));
     }
     let recorder = Arc::new(Recorder::new());

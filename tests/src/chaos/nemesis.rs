@@ -224,7 +224,7 @@ pub async fn perform_fault(
                 }
             }
             tokio::time::sleep(hold).await;
-            for i in 0..n {
+            for (i, id) in ids.iter().enumerate() {
                 let client = cluster.node_client(i)?;
                 let mut healed = false;
                 for _ in 0..HEAL_ATTEMPTS {
@@ -234,7 +234,7 @@ pub async fn perform_fault(
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                anyhow::ensure!(healed, "the link faults of node {} could not be cleared", ids[i]);
+                anyhow::ensure!(healed, "the link faults of node {id} could not be cleared");
             }
             Ok(format!("{what} for {} ms", fault.hold_ms))
         }
