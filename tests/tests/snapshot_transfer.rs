@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use cairn_node::storage::tables::META_PURGED;
+use cairn_node::storage::tables::{DOC_TAILS, META_PURGED};
 use cairn_proto::{Route, ShardId};
 use cairn_tests::{TestCluster, wait_until};
+use redb::ReadableTable;
 
 const BIG_DOCS: usize = 60;
 const BIG_DOC_BYTES: usize = 100 * 1024;
@@ -65,6 +66,34 @@ async fn lagging_follower_catches_up_by_streamed_snapshot() -> anyhow::Result<()
     }
     let total: usize = expected.iter().map(|(_, v, _)| v.len()).sum();
     assert!(total > 4 << 20, "the snapshot must exceed gRPC's default message size");
+
+    // The follower stored the received documents in pages (RFC 007); client
+    // writes over them (stored whole) leave none of their old parts behind.
+    let tails_of = |key: &[u8]| -> usize {
+        let storage = &restarted.shared.storage;
+        let data_id = storage.shard_record(shard).unwrap().expect("a record").data_id;
+        let txn = storage.begin_read().unwrap();
+        let tails = txn.open_table(DOC_TAILS).unwrap();
+        tails.range((data_id, key, 0)..=(data_id, key, u32::MAX)).unwrap().count()
+    };
+    assert!(tails_of(&expected[0].0) > 0, "a 100 KiB document received by snapshot is paged");
+    let smaller = br#"{"small":true}"#.to_vec();
+    let larger = format!("{{\"pad\":\"{}\"}}", "q".repeat(2 * BIG_DOC_BYTES)).into_bytes();
+    let v0 = client.put(&expected[0].0, &smaller, None).await?;
+    assert!(client.delete(&expected[1].0, None).await?.0, "the document existed");
+    let v2 = client.put(&expected[2].0, &larger, None).await?;
+    let target = leader_node.shared.shard_statuses()[0].applied_index;
+    wait_until("the follower to apply the overwrites", Duration::from_secs(30), || async {
+        (restarted.shared.shard_statuses()[0].applied_index >= target).then_some(())
+    })
+    .await?;
+    let doc = node.get(route, &expected[0].0, true).await?.expect("overwritten");
+    assert_eq!((doc.version, doc.value.as_slice()), (v0, smaller.as_slice()));
+    assert!(node.get(route, &expected[1].0, true).await?.is_none(), "deleted");
+    let doc = node.get(route, &expected[2].0, true).await?.expect("overwritten");
+    assert_eq!((doc.version, doc.value), (v2, larger));
+    assert_eq!((tails_of(&expected[0].0), tails_of(&expected[1].0), tails_of(&expected[2].0)), (0, 0, 0));
+    assert!(tails_of(&expected[3].0) > 0, "untouched documents keep their pages");
     cluster.shutdown().await;
     Ok(())
 }
