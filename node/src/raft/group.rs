@@ -610,9 +610,25 @@ impl RaftGroup {
             .map_err(|e| GroupError::Unavailable(e.to_string()))
     }
 
+    /// Stops the group's Raft core.
+    ///
+    /// openraft (0.10.0-alpha.37) joins its core task in a way that is not
+    /// cancellation safe: when the core stops on a fatal error (its storage
+    /// writer gone, as in a crash) and a caller joining it is dropped (a
+    /// request past its deadline, an aborted server), a second waiter panics
+    /// with the core's state mutex held, and `Raft::shutdown` then panics on
+    /// the poisoned mutex. The core has stopped either way, so shutting down
+    /// runs in a task of its own and such a panic is logged, not propagated.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(shard = %self.shard, error = %e, "raft shutdown");
+        let raft = self.raft.clone();
+        match tokio::spawn(async move { raft.shutdown().await }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(shard = %self.shard, error = %e, "raft shutdown"),
+            Err(e) => tracing::warn!(
+                shard = %self.shard,
+                error = %e,
+                "raft shutdown panicked inside openraft (its core had already stopped)"
+            ),
         }
     }
 }
